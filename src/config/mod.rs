@@ -1,0 +1,196 @@
+//! `proxy.toml`: the validated configuration the daemon runs from.
+//!
+//! Two layers: [`raw`] mirrors the file with serde (`deny_unknown_fields`, spans kept), and
+//! [`validate`] turns it into a [`Config`] of real types — socket addresses, durations,
+//! upstream indices — reporting *every* problem at once as a [`Diagnostic`] that points at
+//! the offending value. Loading binds and opens nothing, so `--check` and a failed start-up
+//! have no side effects.
+
+mod diagnostic;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diagnostic::{ConfigError, Diagnostic};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration was read from (relative paths inside it resolve against its directory).
+    pub path: PathBuf,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Listeners, in file order.
+    pub listeners: Vec<ListenConfig>,
+    /// Upstream groups; routes refer to them by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in file order; the first that matches wins.
+    pub routes: Vec<RouteConfig>,
+    /// How the process drains on a signal.
+    pub drain: DrainConfig,
+    /// The admin endpoint, off unless configured.
+    pub admin: Option<AdminConfig>,
+    /// Protection against clients that take too much.
+    pub limits: Limits,
+}
+
+/// One `[[listen]]` entry.
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    /// Address to bind (or to find among inherited sockets).
+    pub addr: SocketAddr,
+    /// Certificates when the listener terminates TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The certificate files of a TLS listener; read and checked by `tls`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chains with their keys; the first one is the default for unknown SNI names.
+    pub certs: Vec<CertKeyFiles>,
+    /// A handshake slower than this is abandoned.
+    pub handshake_timeout: Duration,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct CertKeyFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// A named group of upstream addresses.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name routes use, and the only thing clients ever learn about it.
+    pub name: String,
+    /// Tried round-robin; a connect failure moves on to the next.
+    pub addrs: Vec<UpstreamAddr>,
+    /// Speak HTTPS to the upstream.
+    pub tls: bool,
+    /// A private CA to verify the upstream's certificate against, instead of the webpki roots.
+    pub ca: Option<PathBuf>,
+    /// SNI and verified name; default: the host part of the address.
+    pub server_name: Option<String>,
+    /// How long a TCP (and TLS) connect may take.
+    pub connect_timeout: Duration,
+    /// How long the upstream may take to send response headers before the client gets 504.
+    pub timeout: Duration,
+}
+
+/// An upstream address: an IP literal, or a host name resolved at connect time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `127.0.0.1:9000`, `[::1]:9000`.
+    Ip(SocketAddr),
+    /// `backend.internal:9000`.
+    Name {
+        /// The host name, resolved on every new connection.
+        host: String,
+        /// The TCP port.
+        port: u16,
+    },
+}
+
+impl UpstreamAddr {
+    /// The host part, as used for SNI when no `server_name` is set.
+    pub fn host(&self) -> String {
+        match self {
+            UpstreamAddr::Ip(addr) => addr.ip().to_string(),
+            UpstreamAddr::Name { host, .. } => host.clone(),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Ip(addr) => write!(f, "{addr}"),
+            UpstreamAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// One `[[route]]`: all given conditions must hold.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lowercase host name without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix; `None` matches any path.
+    pub path_prefix: Option<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// `[drain]`: what happens between the signal and the exit.
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// From the signal to exit; what is still open then is cut.
+    pub deadline: Duration,
+    /// Keep serving normally (with /readyz at 503) this long before draining.
+    pub grace: Duration,
+    /// Sent as whole seconds in `Retry-After` of 503 answers.
+    pub retry_after: Duration,
+    /// WebSocket close code sent to both sides.
+    pub close_code: u16,
+    /// WebSocket close reason sent to both sides (at most 123 bytes).
+    pub close_reason: String,
+    /// Idle HTTP/1.1 keep-alive connections are closed this long after draining starts.
+    pub idle_linger: Duration,
+    /// How long to wait for each side's Close frame before cutting TCP.
+    pub close_timeout: Duration,
+    /// Spread the tunnels' close frames over this window.
+    pub close_spread: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where /healthz, /readyz and /metrics are served.
+    pub addr: SocketAddr,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Past this many open connections, stop accepting until one closes.
+    pub max_connections: usize,
+    /// A client slower than this to send a request's headers is cut.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Larger request header blocks get 431.
+    pub max_header_bytes: usize,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if it were the file at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate::validate(path, text).map_err(|d| ConfigError::new(path, text, d))
+    }
+
+    /// Resolves a path written in the file against the file's directory.
+    pub fn resolve(&self, written: &Path) -> PathBuf {
+        resolve_against(&self.path, written)
+    }
+}
+
+/// Resolves `written` against the directory of the config file at `config_path`.
+fn resolve_against(config_path: &Path, written: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(dir) if written.is_relative() => dir.join(written),
+        _ => written.to_owned(),
+    }
+}

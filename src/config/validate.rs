@@ -1,0 +1,437 @@
+//! Semantic checks: from [`RawConfig`] to [`Config`], collecting every problem with its span.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawRoute, RawTls, RawUpstream};
+use super::{
+    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Limits,
+    ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+};
+
+/// Parses and validates `text`; on failure returns every problem found, in file order.
+pub(super) fn validate(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_error(&e)])?;
+    let mut v = Validator {
+        path,
+        diagnostics: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        v.diagnostics
+            .sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+        Err(v.diagnostics)
+    }
+}
+
+fn syntax_error(err: &toml::de::Error) -> Diagnostic {
+    let message = err.message().trim_end().replace('\n', "; ");
+    match err.span() {
+        Some(span) => Diagnostic::at(span, message),
+        None => Diagnostic::whole(message),
+    }
+}
+
+/// Close codes that RFC 6455 reserves for reporting, never for sending.
+const UNSENDABLE_CLOSE_CODES: [u16; 4] = [1004, 1005, 1006, 1015];
+
+/// hyper's smallest read buffer; a smaller header limit cannot be enforced.
+const MIN_HEADER_BYTES: i64 = 8192;
+
+struct Validator<'a> {
+    path: &'a Path,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.diagnostics
+            .push(Diagnostic::at(spanned.span(), message));
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let workers = self.workers(raw.workers.as_ref());
+        let listeners = self.listeners(&raw.listen);
+        let names: Vec<&str> = raw.upstream.keys().map(|k| k.get_ref().as_str()).collect();
+        let routes = self.routes(&raw.route, &names);
+        let upstreams = raw
+            .upstream
+            .iter()
+            .map(|(name, upstream)| self.upstream(name.get_ref(), upstream))
+            .collect();
+        let drain = self.drain(&raw.drain.unwrap_or_default());
+        let admin = raw
+            .admin
+            .and_then(|a| self.socket_addr(&a.addr, "admin address"));
+        let limits = self.limits(&raw.limits.unwrap_or_default());
+        Config {
+            path: self.path.to_owned(),
+            workers,
+            listeners,
+            upstreams,
+            routes,
+            drain,
+            admin: admin.map(|addr| AdminConfig { addr }),
+            limits,
+        }
+    }
+
+    fn workers(&mut self, raw: Option<&Spanned<i64>>) -> usize {
+        let default = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match raw {
+            None => default,
+            Some(n) if (1..=1024).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(
+                    n,
+                    format!("workers = {} is out of range: use 1 to 1024", n.get_ref()),
+                );
+                default
+            }
+        }
+    }
+
+    fn listeners(&mut self, raw: &[Spanned<RawListen>]) -> Vec<ListenConfig> {
+        if raw.is_empty() {
+            self.diagnostics.push(Diagnostic::whole(
+                "no [[listen]] entry: add one, like [[listen]] addr = \"0.0.0.0:8080\"",
+            ));
+        }
+        let mut listeners: Vec<ListenConfig> = Vec::new();
+        for entry in raw {
+            let entry = entry.get_ref();
+            let Some(addr) = self.socket_addr(&entry.addr, "listen address") else {
+                continue;
+            };
+            if addr.port() != 0 && listeners.iter().any(|l| l.addr == addr) {
+                self.error(
+                    &entry.addr,
+                    format!("two listeners on \"{addr}\": each [[listen]] needs its own address"),
+                );
+                continue;
+            }
+            let tls = entry.tls.as_ref().and_then(|tls| self.tls(tls));
+            listeners.push(ListenConfig { addr, tls });
+        }
+        listeners
+    }
+
+    fn socket_addr(&mut self, raw: &Spanned<String>, what: &str) -> Option<SocketAddr> {
+        match raw.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                let message = format!(
+                    "invalid {what} {:?}: expected IP:PORT, like \"0.0.0.0:8080\" or \"[::1]:8080\"",
+                    raw.get_ref()
+                );
+                self.error(raw, message);
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, raw: &Spanned<RawTls>) -> Option<TlsFiles> {
+        let tls = raw.get_ref();
+        let handshake_timeout = self.duration(
+            tls.handshake_timeout.as_ref(),
+            "handshake_timeout",
+            secs(10),
+        );
+        let certs = match (&tls.cert, &tls.key, &tls.certs) {
+            (Some(cert), Some(key), None) => vec![self.cert_key(cert, key)],
+            (None, None, Some(list)) if !list.is_empty() => list
+                .iter()
+                .map(|ck| self.cert_key(&ck.get_ref().cert, &ck.get_ref().key))
+                .collect(),
+            _ => {
+                self.error(
+                    raw,
+                    "tls needs either cert and key, like tls = { cert = \"site.pem\", key = \"site.key\" }, \
+                     or a non-empty certs list, like tls = { certs = [{ cert = \"a.pem\", key = \"a.key\" }] }",
+                );
+                return None;
+            }
+        };
+        Some(TlsFiles {
+            certs,
+            handshake_timeout,
+        })
+    }
+
+    fn cert_key(&self, cert: &Spanned<String>, key: &Spanned<String>) -> CertKeyFiles {
+        CertKeyFiles {
+            cert: resolve_against(self.path, Path::new(cert.get_ref())),
+            key: resolve_against(self.path, Path::new(key.get_ref())),
+        }
+    }
+
+    fn upstream(&mut self, name: &str, raw: &Spanned<RawUpstream>) -> UpstreamConfig {
+        let upstream = raw.get_ref();
+        if upstream.addrs.get_ref().is_empty() {
+            self.error(
+                &upstream.addrs,
+                format!(
+                    "upstream \"{name}\" has no addrs: list at least one, like addrs = [\"127.0.0.1:9000\"]"
+                ),
+            );
+        }
+        let addrs = upstream
+            .addrs
+            .get_ref()
+            .iter()
+            .filter_map(|a| self.upstream_addr(a))
+            .collect();
+        if !upstream.tls {
+            if let Some(ca) = &upstream.ca {
+                self.error(
+                    ca,
+                    format!("upstream \"{name}\": ca is only used with tls = true"),
+                );
+            }
+        }
+        UpstreamConfig {
+            name: name.to_owned(),
+            addrs,
+            tls: upstream.tls,
+            ca: upstream
+                .ca
+                .as_ref()
+                .map(|ca| resolve_against(self.path, Path::new(ca.get_ref()))),
+            server_name: upstream.server_name.as_ref().map(|s| s.get_ref().clone()),
+            connect_timeout: self.duration(
+                upstream.connect_timeout.as_ref(),
+                "connect_timeout",
+                secs(2),
+            ),
+            timeout: self.duration(upstream.timeout.as_ref(), "timeout", secs(60)),
+        }
+    }
+
+    fn upstream_addr(&mut self, raw: &Spanned<String>) -> Option<UpstreamAddr> {
+        let text = raw.get_ref();
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Some(UpstreamAddr::Ip(addr));
+        }
+        let parsed = text.rsplit_once(':').and_then(|(host, port)| {
+            let valid_host = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            Some((host, port.parse::<u16>().ok()?)).filter(|_| valid_host)
+        });
+        match parsed {
+            Some((host, port)) => Some(UpstreamAddr::Name {
+                host: host.to_ascii_lowercase(),
+                port,
+            }),
+            None => {
+                let message = format!(
+                    "invalid upstream address {text:?}: expected HOST:PORT, like \"127.0.0.1:9000\" or \"backend.internal:9000\""
+                );
+                self.error(raw, message);
+                None
+            }
+        }
+    }
+
+    fn routes(&mut self, raw: &[Spanned<RawRoute>], names: &[&str]) -> Vec<RouteConfig> {
+        if raw.is_empty() {
+            self.diagnostics.push(Diagnostic::whole(
+                "no [[route]] entry: every request would get 404; add one, like [[route]] upstream = \"legacy\"",
+            ));
+        }
+        raw.iter()
+            .filter_map(|route| self.route(route.get_ref(), names))
+            .collect()
+    }
+
+    fn route(&mut self, route: &RawRoute, names: &[&str]) -> Option<RouteConfig> {
+        let upstream = names.iter().position(|n| n == route.upstream.get_ref());
+        if upstream.is_none() {
+            let defined = names
+                .iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let defined = if defined.is_empty() {
+                "none".to_owned()
+            } else {
+                defined
+            };
+            let message = format!(
+                "route names upstream \"{}\", which is not defined (defined: {defined})",
+                route.upstream.get_ref()
+            );
+            self.error(&route.upstream, message);
+        }
+        if let Some(host) = &route.host {
+            if host.get_ref().is_empty() || host.get_ref().contains([':', '/', ' ']) {
+                self.error(
+                    host,
+                    format!(
+                        "invalid route host {:?}: write a bare host name without port or scheme, like \"api.example.com\"",
+                        host.get_ref()
+                    ),
+                );
+            }
+        }
+        if let Some(prefix) = &route.path_prefix {
+            if !prefix.get_ref().starts_with('/') {
+                self.error(
+                    prefix,
+                    format!(
+                        "invalid path_prefix {:?}: it must start with \"/\", like \"/api/\"",
+                        prefix.get_ref()
+                    ),
+                );
+            }
+        }
+        Some(RouteConfig {
+            host: route
+                .host
+                .as_ref()
+                .map(|h| h.get_ref().to_ascii_lowercase()),
+            path_prefix: route.path_prefix.as_ref().map(|p| p.get_ref().clone()),
+            upstream: upstream?,
+        })
+    }
+
+    fn drain(&mut self, raw: &RawDrain) -> DrainConfig {
+        let deadline = self.positive_duration(raw.deadline.as_ref(), "deadline", secs(30));
+        let grace = self.duration(raw.grace.as_ref(), "grace", Duration::ZERO);
+        if let Some(g) = &raw.grace {
+            if grace >= deadline {
+                self.error(
+                    g,
+                    "grace must be shorter than the drain deadline, which counts from the signal",
+                );
+            }
+        }
+        let close_reason = raw.close_reason.as_ref().map_or_else(
+            || "server shutting down".to_owned(),
+            |r| {
+                if r.get_ref().len() > 123 {
+                    self.error(r, "close_reason is too long: a Close frame carries at most 123 bytes of reason");
+                }
+                r.get_ref().clone()
+            },
+        );
+        DrainConfig {
+            deadline,
+            grace,
+            retry_after: self.duration(raw.retry_after.as_ref(), "retry_after", secs(5)),
+            close_code: self.close_code(raw.close_code.as_ref()),
+            close_reason,
+            idle_linger: self.duration(raw.idle_linger.as_ref(), "idle_linger", secs(1)),
+            close_timeout: self.positive_duration(
+                raw.close_timeout.as_ref(),
+                "close_timeout",
+                secs(5),
+            ),
+            close_spread: self.duration(raw.close_spread.as_ref(), "close_spread", Duration::ZERO),
+        }
+    }
+
+    fn close_code(&mut self, raw: Option<&Spanned<i64>>) -> u16 {
+        let Some(code) = raw else { return 1001 };
+        let value = *code.get_ref();
+        match u16::try_from(value) {
+            Ok(c) if (1000..=4999).contains(&c) && !UNSENDABLE_CLOSE_CODES.contains(&c) => c,
+            _ => {
+                self.error(
+                    code,
+                    format!(
+                        "close_code {value} may not be sent: use 1000-4999 except 1004, 1005, 1006 and 1015 (1001 means going away)"
+                    ),
+                );
+                1001
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        let max_connections = match &raw.max_connections {
+            None => 10_000,
+            Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(n, "max_connections must be at least 1");
+                10_000
+            }
+        };
+        let max_header_bytes = match &raw.max_header_bytes {
+            None => 65_536,
+            Some(n) if *n.get_ref() >= MIN_HEADER_BYTES => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(
+                    n,
+                    format!("max_header_bytes must be at least {MIN_HEADER_BYTES}"),
+                );
+                65_536
+            }
+        };
+        Limits {
+            max_connections,
+            header_read_timeout: self.positive_duration(
+                raw.header_read_timeout.as_ref(),
+                "header_read_timeout",
+                secs(10),
+            ),
+            idle_timeout: self.positive_duration(
+                raw.idle_timeout.as_ref(),
+                "idle_timeout",
+                secs(60),
+            ),
+            max_header_bytes,
+        }
+    }
+
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(raw) = raw else { return default };
+        match parse_duration(raw.get_ref()) {
+            Ok(d) => d,
+            Err(why) => {
+                let message = format!(
+                    "invalid duration {:?} for {key}: {why}; write a number with a unit, like \"30s\", \"500ms\" or \"2m\"",
+                    raw.get_ref()
+                );
+                self.error(raw, message);
+                default
+            }
+        }
+    }
+
+    fn positive_duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(raw, key, default);
+        if d.is_zero() {
+            if let Some(raw) = raw {
+                self.error(raw, format!("{key} must be longer than zero"));
+            }
+            return default;
+        }
+        d
+    }
+}
+
+/// A duration with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h 30m"`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

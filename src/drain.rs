@@ -1,0 +1,324 @@
+//! The drain signal and connection accounting.
+//!
+//! One owner, [`Drain`], publishes the [`Phase`] on a `watch` channel; every accept loop,
+//! connection and tunnel holds a [`DrainWatch`] and reacts to phase changes. Every accepted
+//! connection holds a [`ConnGuard`] from `accept` until its socket is closed: hyper's
+//! connection future ends at a `101`, so at an upgrade the guard is shared with the tunnel
+//! task (it is an `Arc`), and the connection counts as open until the tunnel ends too.
+//!
+//! The owner learns that the last connection closed through [`Drain::all_closed`], woken by
+//! the guard whose drop took the count to zero — there is no polling timer, so the process can
+//! exit the instant the count reaches zero.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+
+/// Where the daemon is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Accepting and forwarding normally.
+    Serving = 0,
+    /// A drain signal arrived; still serving normally, but `/readyz` answers 503 so load
+    /// balancers take this instance out of rotation.
+    Grace = 1,
+    /// Listeners are closed; new requests get 503, in-flight work finishes, tunnels close.
+    Draining = 2,
+    /// Like `Draining`, but a successor process now owns the listeners, so requests that
+    /// still arrive on old connections are forwarded (with `Connection: close`) instead of 503.
+    HandedOver = 3,
+}
+
+impl Phase {
+    fn from_u8(n: u8) -> Phase {
+        match n {
+            0 => Phase::Serving,
+            1 => Phase::Grace,
+            2 => Phase::Draining,
+            _ => Phase::HandedOver,
+        }
+    }
+
+    /// True once listeners are closed and connections should wind down.
+    pub fn is_draining(self) -> bool {
+        self >= Phase::Draining
+    }
+}
+
+/// Counters shared by the owner and every guard.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Mirror of the watch value for the per-request hot path (a load instead of a lock).
+    phase: AtomicU8,
+    /// Accepted connections whose sockets are still open (tunnels included).
+    open: AtomicUsize,
+    /// Requests whose response has not finished.
+    in_flight: AtomicUsize,
+    /// Upgraded connections being relayed.
+    tunnels: AtomicUsize,
+    /// Woken (`notify_waiters`) by the guard that takes `open` to zero.
+    zero: Notify,
+    /// Requests that completed after the drain signal.
+    completed_after_signal: AtomicUsize,
+    /// Requests answered 503 because the daemon was draining.
+    rejected: AtomicUsize,
+    /// WebSocket tunnels that finished with a close handshake during the drain.
+    tunnels_closed: AtomicUsize,
+}
+
+impl Shared {
+    fn snapshot(&self) -> Snapshot {
+        let s = self;
+        Snapshot {
+            open: s.open.load(Ordering::Acquire),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            tunnels: s.tunnels.load(Ordering::Relaxed),
+            completed_after_signal: s.completed_after_signal.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            tunnels_closed: s.tunnels_closed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The owner's side: changes the phase and waits for the connections to go.
+#[derive(Debug)]
+pub struct Drain {
+    phase: watch::Sender<Phase>,
+    shared: Arc<Shared>,
+}
+
+/// Counts at one moment, for logs, status lines and the exit summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Open connections, tunnels included.
+    pub open: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Open tunnels.
+    pub tunnels: usize,
+    /// Requests completed after the signal.
+    pub completed_after_signal: usize,
+    /// Requests answered 503 while draining.
+    pub rejected: usize,
+    /// Tunnels closed with a close handshake.
+    pub tunnels_closed: usize,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drain {
+    /// A drain in the `Serving` phase with nothing open.
+    pub fn new() -> Self {
+        let (phase, _) = watch::channel(Phase::Serving);
+        Drain {
+            phase,
+            shared: Arc::default(),
+        }
+    }
+
+    /// A receiver for tasks that must react to phase changes.
+    pub fn watch(&self) -> DrainWatch {
+        DrainWatch {
+            phase: self.phase.subscribe(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Moves every watcher to `phase`. `send_replace` works even with no receiver left.
+    pub fn set_phase(&self, phase: Phase) {
+        self.shared.phase.store(phase as u8, Ordering::Release);
+        self.phase.send_replace(phase);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Current counts.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// Resolves the moment no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.shared.zero.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a drop between the check and the await still wakes us.
+            notified.as_mut().enable();
+            if self.shared.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A task's view of the drain: the phase, and the means to register connections and requests.
+#[derive(Debug, Clone)]
+pub struct DrainWatch {
+    phase: watch::Receiver<Phase>,
+    shared: Arc<Shared>,
+}
+
+impl DrainWatch {
+    /// The current phase (one atomic load).
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.shared.phase.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the phase is at least `phase` (at once if it already is).
+    pub async fn reached(&mut self, phase: Phase) {
+        // An error means the owner is gone, which only happens at exit: treat it as reached.
+        let _ = self.phase.wait_for(|p| *p >= phase).await;
+    }
+
+    /// Registers an accepted connection. `slot` is its `max_connections` permit, given back
+    /// when the guard drops.
+    pub fn conn_guard(&self, slot: Option<OwnedSemaphorePermit>) -> Arc<ConnGuard> {
+        self.shared.open.fetch_add(1, Ordering::AcqRel);
+        Arc::new(ConnGuard {
+            shared: self.shared.clone(),
+            _slot: slot,
+        })
+    }
+
+    /// Registers a request; the returned guard must live until its response has finished.
+    pub fn request_guard(&self) -> RequestGuard {
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        RequestGuard {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Current counts.
+    pub fn snapshot(&self) -> Snapshot {
+        self.shared.snapshot()
+    }
+
+    /// Counts a request answered 503 because of the drain.
+    pub fn count_rejected(&self) {
+        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Registers a tunnel, which keeps `conn` (and so the open count) alive while it runs.
+    pub fn tunnel_guard(&self, conn: Arc<ConnGuard>) -> TunnelGuard {
+        self.shared.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelGuard {
+            shared: self.shared.clone(),
+            _conn: conn,
+        }
+    }
+}
+
+/// Held for as long as an accepted connection's socket is open.
+#[derive(Debug)]
+pub struct ConnGuard {
+    shared: Arc<Shared>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.shared.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.zero.notify_waiters();
+        }
+    }
+}
+
+/// Held until a request's response has been sent completely (or abandoned).
+#[derive(Debug)]
+pub struct RequestGuard {
+    shared: Arc<Shared>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let s = &self.shared;
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if s.phase.load(Ordering::Relaxed) != Phase::Serving as u8 {
+            s.completed_after_signal.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Held by a tunnel task; keeps the connection counted until the relay ends.
+#[derive(Debug)]
+pub struct TunnelGuard {
+    shared: Arc<Shared>,
+    _conn: Arc<ConnGuard>,
+}
+
+impl TunnelGuard {
+    /// Counts this tunnel as closed with a close handshake.
+    pub fn closed_with_handshake(&self) {
+        self.shared.tunnels_closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.shared.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn all_closed_fires_when_last_guard_drops() {
+        let drain = Drain::new();
+        let watch = drain.watch();
+        let a = watch.conn_guard(None);
+        let b = watch.conn_guard(None);
+        let tunnel = watch.tunnel_guard(b.clone());
+        drop(b);
+        assert_eq!(drain.snapshot().open, 2);
+        drop(a);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), drain.all_closed());
+        assert!(
+            waiting.await.is_err(),
+            "the tunnel still holds a connection open"
+        );
+        let closer = tokio::spawn(async move { drop(tunnel) });
+        tokio::time::timeout(Duration::from_secs(1), drain.all_closed())
+            .await
+            .expect("closed");
+        closer.await.unwrap();
+        assert_eq!(drain.snapshot().tunnels, 0);
+    }
+
+    #[tokio::test]
+    async fn watchers_see_phase_changes() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        assert_eq!(watch.phase(), Phase::Serving);
+        drain.set_phase(Phase::Draining);
+        tokio::time::timeout(Duration::from_secs(1), watch.reached(Phase::Grace))
+            .await
+            .unwrap();
+        assert!(watch.phase().is_draining());
+    }
+
+    #[test]
+    fn requests_finished_after_the_signal_are_counted() {
+        let drain = Drain::new();
+        let watch = drain.watch();
+        let before = watch.request_guard();
+        drop(before);
+        let during = watch.request_guard();
+        drain.set_phase(Phase::Draining);
+        assert_eq!(drain.snapshot().in_flight, 1);
+        drop(during);
+        assert_eq!(drain.snapshot().completed_after_signal, 1);
+    }
+}

@@ -1,0 +1,37 @@
+//! lameduck: a reverse proxy that gives backends without graceful shutdown a proper
+//! lame-duck mode.
+//!
+//! It forwards HTTP/1.1, HTTP/2 and WebSocket upgrades to configured upstreams. On SIGTERM it
+//! stops accepting, answers new requests with 503, closes WebSocket tunnels with close frames
+//! to both sides, and exits the moment its last connection closes — or at the deadline.
+//!
+//! # Layout
+//! - [`config`]: `proxy.toml`, validated, with errors that point at file:line:col.
+//! - [`daemon`]: the lifecycle — listeners, signals, phases, the exit decision.
+//! - [`drain`]: the phase watch channel and connection accounting (RAII guards).
+//! - [`listener`]: binding and the accept loop.
+//! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools, error answers.
+//! - [`websocket`]: upgraded connections; the frame-boundary tracker and the tunnel relay.
+//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`logging`]: text or JSON log lines.
+//!
+//! # Lifecycle
+//! `main` loads the config (binding nothing), installs logging and calls [`daemon::run`].
+//! The daemon installs its signal handlers, binds, and serves. Each accepted connection holds
+//! a [`drain::ConnGuard`]; at a `101` the guard is shared with the tunnel. The first signal
+//! moves the [`drain::Phase`] to `Grace` (if configured) and then `Draining`: accept loops
+//! end and drop their listeners, connections wind down, and the daemon exits with status 0
+//! the moment the last guard drops, or 2 when the deadline or a second signal cuts the rest.
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod drain;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod websocket;
+
+pub use config::Config;
+pub use daemon::{run, Outcome, StartupError};

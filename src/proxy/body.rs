@@ -1,0 +1,187 @@
+//! The response body handed to hyper, and the bookkeeping that runs when a response ends.
+//!
+//! A response "ends" when hyper drops its body: after the last byte was written, or early when
+//! the client went away or the upstream failed mid-body. [`ResponseBody`] carries everything
+//! that must happen then — the request's drain guard, the connection's idle clock, the
+//! upstream connection going back to its pool (only if its body was read to the end), and the
+//! access log line — so each of those happens exactly once, whatever the ending.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Method, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::io::ConnActivity;
+use super::upstream::Pooled;
+use crate::drain::RequestGuard;
+
+/// What a response body is made of.
+#[derive(Debug)]
+enum Inner {
+    /// Streamed from the upstream.
+    Upstream(Incoming),
+    /// A short body lameduck wrote itself (errors, admin); `None` once sent.
+    Full(Option<Bytes>),
+}
+
+/// Facts about a request for its access log line.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// Request method.
+    pub method: Method,
+    /// Request target (the path is logged).
+    pub uri: Uri,
+    /// Response status.
+    pub status: StatusCode,
+    /// The upstream that answered, if any.
+    pub upstream: Option<Arc<str>>,
+    /// The client.
+    pub client: SocketAddr,
+    /// When the request reached the service.
+    pub started: Instant,
+}
+
+/// Everything that happens once when the response ends.
+#[derive(Debug)]
+struct Finish {
+    _request: RequestGuard,
+    activity: Arc<ConnActivity>,
+    pooled: Option<Pooled>,
+    record: Option<AccessRecord>,
+}
+
+/// The body of every response lameduck sends downstream.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    /// Data bytes passed on so far.
+    bytes: u64,
+    /// The body was read to its end (so an upstream connection may be reused).
+    complete: bool,
+    finish: Option<Finish>,
+}
+
+impl ResponseBody {
+    /// A body streamed from the upstream.
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            bytes: 0,
+            complete: false,
+            finish: None,
+        }
+    }
+
+    /// A body lameduck writes itself.
+    pub fn full(text: impl Into<Bytes>) -> Self {
+        let text = text.into();
+        let inner = Inner::Full((!text.is_empty()).then_some(text));
+        ResponseBody {
+            inner,
+            bytes: 0,
+            complete: false,
+            finish: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody::full(Bytes::new())
+    }
+
+    /// Attaches the bookkeeping that runs when this response ends.
+    pub fn finish_with(
+        &mut self,
+        request: RequestGuard,
+        activity: Arc<ConnActivity>,
+        pooled: Option<Pooled>,
+        record: Option<AccessRecord>,
+    ) {
+        self.finish = Some(Finish {
+            _request: request,
+            activity,
+            pooled,
+            record,
+        });
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.complete = true;
+                }
+            }
+            Poll::Ready(None) => this.complete = true,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Full(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        let Some(finish) = self.finish.take() else {
+            return;
+        };
+        let complete = self.complete || self.is_end_stream();
+        if let Some(pooled) = finish.pooled {
+            if complete {
+                pooled.release();
+            }
+        }
+        if let Some(r) = finish.record {
+            let (method, client) = (&r.method, &r.client);
+            let duration_ms = r.started.elapsed().as_secs_f64() * 1000.0;
+            tracing::info!(
+                target: "lameduck::access",
+                bytes = self.bytes,
+                http.method = %method,
+                http.path = r.uri.path(),
+                http.status = r.status.as_u16(),
+                upstream.name = r.upstream.as_deref().unwrap_or("-"),
+                client.addr = %client,
+                duration_ms,
+                complete,
+                "request"
+            );
+        }
+        finish.activity.request_done();
+    }
+}

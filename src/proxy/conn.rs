@@ -1,0 +1,112 @@
+//! Serving one downstream connection, and winding it down when the daemon drains.
+//!
+//! HTTP/2 connections get GOAWAY the moment draining starts; their open streams complete.
+//! Idle HTTP/1.1 connections are not closed at that moment — a request may already be on the
+//! wire, and closing would reset it (hyper issue #3792) — but only after `idle_linger`; a
+//! request that arrives meanwhile is answered 503 with `Connection: close`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use super::io::{ConnActivity, ConnIo};
+use super::{ConnCtx, Proxy, ProxyService};
+use crate::config::Limits;
+use crate::drain::{ConnGuard, DrainWatch, Phase};
+
+/// How downstream connections are served; built once.
+#[derive(Debug)]
+pub struct ConnServer {
+    builder: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    idle_linger: Duration,
+}
+
+impl ConnServer {
+    /// A server for `proxy` with the connection limits of the config.
+    pub fn new(proxy: Arc<Proxy>, limits: &Limits, idle_linger: Duration) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes)
+            .writev(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        ConnServer {
+            builder,
+            proxy,
+            limits: limits.clone(),
+            idle_linger,
+        }
+    }
+
+    /// Serves `io` until the client or the drain closes it. `guard` counts the connection
+    /// open; it is shared with a tunnel if the connection is upgraded.
+    pub async fn serve<I>(&self, io: I, ctx: ConnInfo, guard: Arc<ConnGuard>, mut drain: DrainWatch)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = Arc::new(ConnActivity::new(ctx.h2));
+        let io = ConnIo::new(
+            io,
+            activity.clone(),
+            self.limits.header_read_timeout,
+            self.limits.idle_timeout,
+        );
+        let conn_ctx = Arc::new(ConnCtx {
+            peer: ctx.peer,
+            tls: ctx.tls,
+            activity: activity.clone(),
+            guard,
+            drain: drain.clone(),
+        });
+        let service = ProxyService::new(self.proxy.clone(), conn_ctx);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            _ = drain.reached(Phase::Draining) => {
+                if !activity.is_h2() {
+                    tokio::select! {
+                        result = conn.as_mut() => return log_end(result),
+                        _ = tokio::time::sleep(self.idle_linger) => {}
+                    }
+                }
+                // Keep polling after graceful_shutdown: in-flight work finishes only if polled.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        log_end(result);
+    }
+}
+
+/// What the listener knows about a new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+    /// Arrived on a TLS listener.
+    pub tls: bool,
+    /// ALPN chose HTTP/2.
+    pub h2: bool,
+}
+
+fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
+    }
+}

@@ -1,0 +1,125 @@
+//! Why a request could not be forwarded, which side is to blame, and the one place that maps
+//! each case to a status code.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::StatusCode;
+
+/// Which side of the proxy a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not forward.
+    Downstream,
+    /// The upstream could not be reached or misbehaved.
+    Upstream,
+    /// The proxy itself is in no state to forward (draining).
+    Internal,
+}
+
+/// A request that gets an answer from lameduck instead of from an upstream.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// No `[[route]]` matches the request.
+    NoRoute,
+    /// The daemon is draining and takes no new requests.
+    Draining,
+    /// The request carried both `Content-Length` and `Transfer-Encoding`.
+    AmbiguousFraming,
+    /// Every address of the upstream refused or could not be reached.
+    Unavailable {
+        /// The upstream's name (its addresses are never shown to clients).
+        upstream: Arc<str>,
+    },
+    /// The upstream sent no response headers within its `timeout`.
+    Timeout {
+        /// The upstream's name.
+        upstream: Arc<str>,
+    },
+    /// The upstream connection failed while the request was being sent or answered.
+    Failed {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// What hyper saw.
+        source: hyper::Error,
+    },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::Unavailable { .. } | ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Who is to blame.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::NoRoute | ProxyError::AmbiguousFraming => Side::Downstream,
+            ProxyError::Draining => Side::Internal,
+            ProxyError::Unavailable { .. }
+            | ProxyError::Timeout { .. }
+            | ProxyError::Failed { .. } => Side::Upstream,
+        }
+    }
+
+    /// The short text body the client gets (names upstreams, never their addresses).
+    pub fn body(&self) -> String {
+        match self {
+            ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
+            ProxyError::Draining => "server shutting down, retry later\n".to_owned(),
+            ProxyError::AmbiguousFraming => {
+                "bad request: Content-Length and Transfer-Encoding together\n".to_owned()
+            }
+            ProxyError::Unavailable { upstream } | ProxyError::Failed { upstream, .. } => {
+                format!("upstream \"{upstream}\" is unavailable\n")
+            }
+            ProxyError::Timeout { upstream } => format!("upstream \"{upstream}\" timed out\n"),
+        }
+    }
+
+    /// The upstream involved, if any.
+    pub fn upstream(&self) -> Option<&Arc<str>> {
+        match self {
+            ProxyError::Unavailable { upstream }
+            | ProxyError::Timeout { upstream }
+            | ProxyError::Failed { upstream, .. } => Some(upstream),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::NoRoute => f.write_str("no route matches"),
+            ProxyError::Draining => f.write_str("draining"),
+            ProxyError::AmbiguousFraming => {
+                f.write_str("request has both content-length and transfer-encoding")
+            }
+            ProxyError::Unavailable { upstream } => {
+                write!(f, "upstream \"{upstream}\": no address reachable")
+            }
+            ProxyError::Timeout { upstream } => {
+                write!(f, "upstream \"{upstream}\": no response headers in time")
+            }
+            ProxyError::Failed { upstream, .. } => {
+                write!(f, "upstream \"{upstream}\": request failed")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ProxyError::Failed { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! A light tracker of HTTP/1 request framing on the bytes a client sends.
+//!
+//! hyper parses requests itself, but it silently resolves a request that carries both
+//! `Content-Length` and `Transfer-Encoding` (it drops the length), so the service never learns
+//! the request was ambiguous — and such requests are how smuggling attacks start. This tracker
+//! follows the byte stream just far enough to know where each request head begins and ends
+//! (header lines, then a fixed or chunked body), notes which request had conflicting framing,
+//! and tells the connection's I/O whether it is between requests, inside a head, or inside a
+//! body, which is what the header-read and idle timers need.
+//!
+//! It only looks at header *names* and the framing values; everything else is hyper's job. It
+//! never rejects anything itself: a stream it cannot follow (HTTP/2, an upgrade) turns it off.
+
+/// How many leading bytes of a line are kept; enough for the names and values we look at.
+const LINE_KEEP: usize = 48;
+
+/// Where in the request stream the tracker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Between requests: nothing of the next request has arrived.
+    Idle,
+    /// Inside a request head.
+    Head,
+    /// Inside a request body.
+    Body,
+    /// Not following the stream any more (HTTP/2, or the connection was upgraded).
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Head,
+    Fixed(u64),
+    ChunkSize { size: u64, ext: bool },
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    Off,
+}
+
+/// What the current head has said so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct HeadFacts {
+    first_line_seen: bool,
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    upgrade: bool,
+}
+
+/// Follows one connection's request stream.
+#[derive(Debug)]
+pub struct RequestFraming {
+    state: State,
+    line: [u8; LINE_KEEP],
+    line_len: usize,
+    head: HeadFacts,
+    heads: u32,
+    conflict_at: Option<u32>,
+    h2: bool,
+}
+
+impl Default for RequestFraming {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestFraming {
+    /// A tracker at the start of a connection.
+    pub fn new() -> Self {
+        RequestFraming {
+            state: State::Idle,
+            line: [0; LINE_KEEP],
+            line_len: 0,
+            head: HeadFacts::default(),
+            heads: 0,
+            conflict_at: None,
+            h2: false,
+        }
+    }
+
+    /// Where the stream is now.
+    pub fn position(&self) -> Position {
+        match self.state {
+            State::Idle if self.line_len == 0 => Position::Idle,
+            State::Idle | State::Head => Position::Head,
+            State::Off => Position::Off,
+            _ => Position::Body,
+        }
+    }
+
+    /// True if the client opened with the HTTP/2 connection preface.
+    pub fn is_h2(&self) -> bool {
+        self.h2
+    }
+
+    /// How many request heads have been completed.
+    pub fn heads(&self) -> u32 {
+        self.heads
+    }
+
+    /// The 0-based index of the first request whose head had conflicting framing.
+    pub fn conflict_at(&self) -> Option<u32> {
+        self.conflict_at
+    }
+
+    /// Stops following the stream: the bytes from here on are not HTTP/1 requests.
+    pub fn turn_off(&mut self) {
+        self.state = State::Off;
+    }
+
+    /// Follows `bytes`, the next bytes the client sent.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let used = match self.state {
+                State::Off => return,
+                State::Fixed(n) => self.skip_body(bytes, n, State::Fixed, State::Idle),
+                State::ChunkData(n) => {
+                    self.skip_body(bytes, n, State::ChunkData, State::ChunkDataEnd)
+                }
+                State::Idle
+                | State::Head
+                | State::ChunkSize { .. }
+                | State::ChunkDataEnd
+                | State::Trailers => self.feed_line(bytes),
+            };
+            bytes = &bytes[used..];
+        }
+    }
+
+    fn skip_body(&mut self, bytes: &[u8], left: u64, more: fn(u64) -> State, done: State) -> usize {
+        let take = left.min(bytes.len() as u64);
+        self.state = if take == left {
+            done
+        } else {
+            more(left - take)
+        };
+        take as usize
+    }
+
+    /// Consumes bytes up to and including the next `\n` (or all of them), keeping the start of
+    /// the line; returns how many bytes were used.
+    fn feed_line(&mut self, bytes: &[u8]) -> usize {
+        let end = bytes.iter().position(|&b| b == b'\n');
+        let part = &bytes[..end.unwrap_or(bytes.len())];
+        let keep = part.len().min(LINE_KEEP - self.line_len);
+        self.line[self.line_len..self.line_len + keep].copy_from_slice(&part[..keep]);
+        self.line_len += keep;
+        if self.state == State::Idle
+            && !part.is_empty()
+            && !(self.line_len == 1 && part[0] == b'\r')
+        {
+            self.state = State::Head;
+        }
+        match end {
+            None => bytes.len(),
+            Some(i) => {
+                let mut len = self.line_len;
+                if len > 0 && self.line[len - 1] == b'\r' {
+                    len -= 1;
+                }
+                self.line_len = 0;
+                self.end_line(len);
+                i + 1
+            }
+        }
+    }
+
+    fn end_line(&mut self, len: usize) {
+        let line = self.line;
+        let line = &line[..len];
+        match self.state {
+            // Empty lines before a request are allowed and skipped.
+            State::Idle => {}
+            State::Head => self.head_line(line),
+            State::ChunkSize { .. } => self.chunk_size_line(line),
+            State::ChunkDataEnd => {
+                self.state = State::ChunkSize {
+                    size: 0,
+                    ext: false,
+                }
+            }
+            State::Trailers if line.is_empty() => self.state = State::Idle,
+            _ => {}
+        }
+    }
+
+    fn head_line(&mut self, line: &[u8]) {
+        if !self.head.first_line_seen {
+            self.head.first_line_seen = true;
+            if line == b"PRI * HTTP/2.0" {
+                self.h2 = true;
+                self.state = State::Off;
+            } else if starts_with_ignore_case(line, b"CONNECT ") {
+                self.state = State::Off;
+            }
+            return;
+        }
+        if line.is_empty() {
+            self.end_head();
+        } else if let Some(value) = header_value(line, b"content-length") {
+            self.head.content_length = Some(parse_decimal(value).unwrap_or(0));
+        } else if header_value(line, b"transfer-encoding").is_some() {
+            self.head.transfer_encoding = true;
+        } else if header_value(line, b"upgrade").is_some() {
+            self.head.upgrade = true;
+        }
+    }
+
+    fn end_head(&mut self) {
+        let head = std::mem::take(&mut self.head);
+        if head.transfer_encoding && head.content_length.is_some() && self.conflict_at.is_none() {
+            self.conflict_at = Some(self.heads);
+        }
+        self.heads += 1;
+        self.state = if head.upgrade {
+            // After a 101 the bytes are another protocol; if the upgrade is refused we simply
+            // stop following this connection (hyper still frames its requests correctly).
+            State::Off
+        } else if head.transfer_encoding {
+            State::ChunkSize {
+                size: 0,
+                ext: false,
+            }
+        } else {
+            match head.content_length {
+                Some(n) if n > 0 => State::Fixed(n),
+                _ => State::Idle,
+            }
+        };
+    }
+
+    fn chunk_size_line(&mut self, line: &[u8]) {
+        let mut size: u64 = 0;
+        for &b in line {
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => break,
+            };
+            size = size.saturating_mul(16).saturating_add(u64::from(digit));
+        }
+        self.state = if size == 0 {
+            State::Trailers
+        } else {
+            State::ChunkData(size)
+        };
+    }
+}
+
+/// The value of `line` if it is the header `name` (case-insensitive), with spaces trimmed.
+fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    if line.len() <= name.len() || line[name.len()] != b':' || !starts_with_ignore_case(line, name)
+    {
+        return None;
+    }
+    Some(line[name.len() + 1..].trim_ascii())
+}
+
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn feed_all(chunks: &[&[u8]]) -> RequestFraming {
+        let mut f = RequestFraming::new();
+        for c in chunks {
+            f.feed(c);
+        }
+        f
+    }
+
+    #[test]
+    fn follows_keepalive_requests_with_bodies() {
+        let stream = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let f = feed_all(&[stream]);
+        assert_eq!(f.heads(), 2);
+        assert_eq!(f.position(), Position::Idle);
+        assert_eq!(f.conflict_at(), None);
+    }
+
+    #[test]
+    fn follows_chunked_bodies_with_trailers() {
+        let stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+        let f = feed_all(&[stream]);
+        assert_eq!(f.heads(), 1);
+        assert_eq!(f.position(), Position::Idle);
+    }
+
+    #[test]
+    fn notes_conflicting_framing_of_the_second_request() {
+        let stream = b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(feed_all(&[stream]).conflict_at(), Some(1));
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_headers_are_not_headers() {
+        let body = b"\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        let f = feed_all(&[head.as_bytes(), body]);
+        assert_eq!(f.conflict_at(), None);
+        assert_eq!(f.position(), Position::Idle);
+    }
+
+    #[test]
+    fn positions_through_a_request() {
+        let mut f = RequestFraming::new();
+        assert_eq!(f.position(), Position::Idle);
+        f.feed(b"GE");
+        assert_eq!(f.position(), Position::Head);
+        f.feed(b"T / HTTP/1.1\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!(f.position(), Position::Body);
+        f.feed(b"ok");
+        assert_eq!(f.position(), Position::Idle);
+    }
+
+    #[test]
+    fn h2_preface_turns_tracking_off() {
+        let f = feed_all(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]);
+        assert!(f.is_h2());
+        assert_eq!(f.position(), Position::Off);
+    }
+
+    #[test]
+    fn upgrade_requests_turn_tracking_off() {
+        let f = feed_all(&[
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello",
+        ]);
+        assert_eq!(f.position(), Position::Off);
+    }
+
+    proptest! {
+        /// However a stream of requests is split into reads, the tracker sees the same heads.
+        #[test]
+        fn splitting_does_not_matter(
+            bodies in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40)), 1..6),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut stream = Vec::new();
+            for (chunked, body) in &bodies {
+                if *chunked {
+                    stream.extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    for part in body.chunks(7) {
+                        stream.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                        stream.extend_from_slice(part);
+                        stream.extend_from_slice(b"\r\n");
+                    }
+                    stream.extend_from_slice(b"0\r\n\r\n");
+                } else {
+                    stream.extend_from_slice(format!("PUT / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+                    stream.extend_from_slice(body);
+                }
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len())).collect();
+            points.sort_unstable();
+            let mut f = RequestFraming::new();
+            let mut last = 0;
+            for p in points {
+                f.feed(&stream[last..p]);
+                last = p;
+            }
+            f.feed(&stream[last..]);
+            prop_assert_eq!(f.heads() as usize, bodies.len());
+            prop_assert_eq!(f.position(), Position::Idle);
+            prop_assert_eq!(f.conflict_at(), None);
+        }
+    }
+}

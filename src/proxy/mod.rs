@@ -1,0 +1,275 @@
+//! The hyper service: routing, header rewriting, forwarding, and the answers lameduck gives
+//! itself (404, 400, 502, 503, 504).
+//!
+//! [`Proxy`] is built once from the config and shared by every connection; [`conn`] serves one
+//! downstream connection with it. A request is answered 503 once the daemon drains; otherwise
+//! it is routed, rewritten and sent upstream, and the upstream's response is streamed back. An
+//! upgrade (a `101` from the upstream) hands both connections to [`crate::websocket`].
+
+mod body;
+pub mod conn;
+mod error;
+mod framing;
+mod headers;
+mod io;
+mod route;
+mod upstream;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+pub use body::ResponseBody;
+pub use error::{ProxyError, Side};
+pub use io::ConnActivity;
+
+use crate::config::{Config, DrainConfig};
+use crate::drain::{ConnGuard, DrainWatch, Phase};
+use body::AccessRecord;
+use route::Routes;
+use upstream::{Pooled, Upstream};
+
+/// Everything a request needs that does not change while the daemon runs.
+#[derive(Debug)]
+pub struct Proxy {
+    routes: Routes,
+    upstreams: Vec<Upstream>,
+    retry_after: HeaderValue,
+    /// Settings that tunnels need when the drain closes them.
+    pub drain: Arc<DrainConfig>,
+    /// Whether access log lines are wanted at all (decided once, at start-up).
+    access_log: bool,
+}
+
+impl Proxy {
+    /// Builds the routing table and upstream groups of `config`.
+    pub fn new(config: &Config) -> Self {
+        let retry_secs = config.drain.retry_after.as_secs_f64().ceil() as u64;
+        Proxy {
+            routes: Routes::new(config.routes.clone()),
+            upstreams: config.upstreams.iter().map(Upstream::new).collect(),
+            retry_after: HeaderValue::from(retry_secs),
+            drain: Arc::new(config.drain.clone()),
+            access_log: tracing::enabled!(target: "lameduck::access", tracing::Level::INFO),
+        }
+    }
+}
+
+/// What a request needs to know about the connection it came on.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The connection arrived on a TLS listener.
+    pub tls: bool,
+    /// Requests in flight and idle time, shared with the connection's I/O.
+    pub activity: Arc<ConnActivity>,
+    /// Keeps the connection counted; shared with a tunnel at an upgrade.
+    pub guard: Arc<ConnGuard>,
+    /// The phase, and registration of requests and tunnels.
+    pub drain: DrainWatch,
+}
+
+/// The per-connection hyper service.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnCtx>,
+}
+
+impl ProxyService {
+    /// A service for one connection.
+    pub fn new(proxy: Arc<Proxy>, conn: Arc<ConnCtx>) -> Self {
+        ProxyService { proxy, conn }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let proxy = self.proxy.clone();
+        let conn = self.conn.clone();
+        Box::pin(async move { Ok(handle(&proxy, &conn, req).await) })
+    }
+}
+
+/// Answers one request, by forwarding it or by lameduck itself.
+async fn handle(
+    proxy: &Proxy,
+    conn: &Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let request_guard = conn.drain.request_guard();
+    let ambiguous = conn.activity.request_started();
+    let h1 = req.version() < Version::HTTP_2;
+    let record = proxy
+        .access_log
+        .then(|| (req.method().clone(), req.uri().clone()));
+
+    let outcome = if ambiguous {
+        Err(ProxyError::AmbiguousFraming)
+    } else if conn.drain.phase() == Phase::Draining {
+        conn.drain.count_rejected();
+        Err(ProxyError::Draining)
+    } else {
+        forward(proxy, conn, req).await
+    };
+
+    let (mut resp, pooled, upstream) = match outcome {
+        Ok((resp, pooled, upstream)) => (resp, pooled, Some(upstream)),
+        Err(e) => {
+            log_error(&e, conn.peer);
+            let upstream = e.upstream().cloned();
+            (error_response(&e, &proxy.retry_after), None, upstream)
+        }
+    };
+    if h1 && (ambiguous || conn.drain.phase().is_draining()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let record = record.map(|(method, uri)| AccessRecord {
+        method,
+        uri,
+        status: resp.status(),
+        upstream,
+        client: conn.peer,
+        started,
+    });
+    resp.body_mut()
+        .finish_with(request_guard, conn.activity.clone(), pooled, record);
+    resp
+}
+
+fn log_error(e: &ProxyError, client: SocketAddr) {
+    match e.side() {
+        Side::Upstream => match std::error::Error::source(e) {
+            Some(cause) => {
+                warn!(client.addr = %client, error = %e, cause = %cause, "request failed")
+            }
+            None => warn!(client.addr = %client, error = %e, "request failed"),
+        },
+        Side::Downstream | Side::Internal => {
+            debug!(client.addr = %client, error = %e, "request refused")
+        }
+    }
+}
+
+/// A response lameduck writes itself for `e`.
+fn error_response(e: &ProxyError, retry_after: &HeaderValue) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(e.body()));
+    *resp.status_mut() = e.status();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, retry_after.clone());
+    }
+    resp
+}
+
+type Forwarded = (Response<ResponseBody>, Option<Pooled>, Arc<str>);
+
+/// Routes `req`, rewrites it for the upstream, sends it, and rewrites the answer.
+async fn forward(
+    proxy: &Proxy,
+    conn: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Forwarded, ProxyError> {
+    let host = request_host(&req);
+    let index = proxy
+        .routes
+        .find(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+        )
+        .ok_or(ProxyError::NoRoute)?;
+    let upstream = &proxy.upstreams[index];
+
+    let upgrade = crate::websocket::wants_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    rewrite_request(&mut req, conn, host, upgrade);
+
+    let sent = tokio::time::timeout(upstream.timeout, upstream.send(req)).await;
+    let (mut resp, pooled) = sent.map_err(|_| ProxyError::Timeout {
+        upstream: upstream.name.clone(),
+    })??;
+
+    if let Some(client_upgrade) =
+        client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        headers::remove_hop_by_hop(resp.headers_mut(), true);
+        crate::websocket::spawn_tunnel(
+            conn,
+            proxy.drain.clone(),
+            resp.headers(),
+            client_upgrade,
+            upstream_upgrade,
+        );
+        let (parts, _) = resp.into_parts();
+        return Ok((
+            Response::from_parts(parts, ResponseBody::empty()),
+            None,
+            upstream.name.clone(),
+        ));
+    }
+    headers::remove_hop_by_hop(resp.headers_mut(), false);
+    // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
+    *resp.version_mut() = Version::HTTP_11;
+    Ok((
+        resp.map(ResponseBody::upstream),
+        Some(pooled),
+        upstream.name.clone(),
+    ))
+}
+
+/// The host the client asked for: the request target's authority (absolute-form or HTTP/2
+/// `:authority`), else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
+/// Turns a downstream request into what the upstream gets: origin-form target, HTTP/1.1,
+/// `Host` set, hop-by-hop headers removed, `X-Forwarded-*` added, `Expect` answered by us.
+fn rewrite_request(
+    req: &mut Request<Incoming>,
+    conn: &ConnCtx,
+    host: Option<HeaderValue>,
+    upgrade: bool,
+) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(target);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    headers::remove_hop_by_hop(headers, upgrade);
+    // hyper already answered `100 Continue` downstream once we started reading the body.
+    headers.remove(header::EXPECT);
+    headers::add_forwarded(headers, conn.peer.ip(), conn.tls, host.as_ref());
+    if let Some(host) = host {
+        headers.insert(header::HOST, host);
+    }
+}

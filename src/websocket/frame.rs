@@ -1,0 +1,1 @@
+//! WebSocket frame boundaries.

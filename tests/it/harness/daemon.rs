@@ -1,0 +1,356 @@
+//! The daemon under test. [`Lameduck::start`] writes `proxy.toml` into a temp
+//! dir, spawns the real binary with JSON logs at debug level, keeps every
+//! stderr line ([`Logs`]), and returns once the `ready` line is logged, with
+//! the bound addresses read from the `listening` / `admin listening` lines
+//! before it. The child is killed when the handle drops; on a failing test
+//! the whole log is printed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+
+use super::{secs, PROMPT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_lameduck");
+
+/// How long start-up may take (a debug build on a busy 2-core machine).
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `message` of a log line ("" when it has none).
+pub fn message(line: &Value) -> &str {
+    line.get("message").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A field as text, whether it was logged as a string or a number.
+pub fn field_str(line: &Value, key: &str) -> Option<String> {
+    match line.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// A field as a number, whether it was logged as a number or a string.
+pub fn field_f64(line: &Value, key: &str) -> Option<f64> {
+    match line.get(key)? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Every stderr line of one daemon, parsed as JSON where it parses (else kept
+/// as a JSON string). The reader task pushes a line, then bumps `seen`; the
+/// sender drops at EOF, which ends every wait.
+#[derive(Clone)]
+pub struct Logs {
+    lines: Arc<Mutex<Vec<Value>>>,
+    seen: watch::Receiver<usize>,
+}
+
+impl Logs {
+    fn read(stderr: ChildStderr) -> Logs {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, seen) = watch::channel(0);
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                let mut sink = sink.lock().unwrap();
+                sink.push(value);
+                tx.send_replace(sink.len());
+            }
+        });
+        Logs { lines, seen }
+    }
+
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn find(&self, pred: &impl Fn(&Value) -> bool) -> Option<Value> {
+        self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+    }
+
+    /// The first line (already logged or still to come) matching `pred`.
+    pub async fn try_wait_for(
+        &self,
+        pred: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> Option<Value> {
+        let mut seen = self.seen.clone();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(line) = self.find(&pred) {
+                return Some(line);
+            }
+            match tokio::time::timeout_at(deadline, seen.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return self.find(&pred), // stderr closed
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits until stderr is closed (the process is gone), at most [`PROMPT`].
+    pub async fn wait_closed(&self) {
+        let mut seen = self.seen.clone();
+        let _ = timeout(PROMPT, async { while seen.changed().await.is_ok() {} }).await;
+    }
+
+    pub fn dump(&self) -> String {
+        let lines: Vec<String> = self.lines().iter().map(Value::to_string).collect();
+        lines.join("\n")
+    }
+}
+
+/// A running daemon.
+pub struct Lameduck {
+    /// The first listener's bound address.
+    pub addr: SocketAddr,
+    /// Every listener's bound address, in config order.
+    pub addrs: Vec<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
+    pub logs: Logs,
+    child: Child,
+    pid: i32,
+    dir: TempDir,
+}
+
+impl Drop for Lameduck {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- lameduck log ----\n{}\n----", self.logs.dump());
+        }
+    }
+}
+
+fn write_config(config: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, config).expect("write proxy.toml");
+    (dir, path)
+}
+
+fn spawn(path: &PathBuf) -> Child {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(path)
+        .args(["--log-format", "json", "--log-level", "debug"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn lameduck")
+}
+
+fn addr_field(line: &Value, key: &str) -> SocketAddr {
+    let text = field_str(line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{key} {text:?}: {e}"))
+}
+
+impl Lameduck {
+    /// Starts the daemon and waits until it logs `ready`.
+    pub async fn start(config: &str) -> Lameduck {
+        let (dir, path) = write_config(config);
+        let mut child = spawn(&path);
+        let pid = child.id().expect("child pid") as i32;
+        let logs = Logs::read(child.stderr.take().expect("piped stderr"));
+        if logs
+            .try_wait_for(|l| message(l) == "ready", READY_TIMEOUT)
+            .await
+            .is_none()
+        {
+            let status = child.try_wait();
+            panic!(
+                "lameduck logged no \"ready\" within {READY_TIMEOUT:?} (exit: {status:?})\nconfig:\n{config}\nlog:\n{}",
+                logs.dump()
+            );
+        }
+        let lines = logs.lines();
+        let before_ready = lines.iter().take_while(|l| message(l) != "ready");
+        let mut addrs = Vec::new();
+        let mut admin_addr = None;
+        for line in before_ready {
+            match message(line) {
+                "listening" => addrs.push(addr_field(line, "listener.addr")),
+                "admin listening" => admin_addr = Some(addr_field(line, "admin.addr")),
+                _ => {}
+            }
+        }
+        assert!(
+            !addrs.is_empty(),
+            "no \"listening\" line before \"ready\":\n{}",
+            logs.dump()
+        );
+        Lameduck {
+            addr: addrs[0],
+            addrs,
+            admin_addr,
+            logs,
+            child,
+            pid,
+            dir,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn config_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with our own child's pid; it cannot have been reaped
+        // and reused, because reaping happens only in `exit_within`.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {signal}): {}",
+            self.pid,
+            std::io::Error::last_os_error()
+        );
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    pub fn sigint(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// The exit code, waiting at most `within`; panics (with the log) if the
+    /// process is still running then or was killed by a signal.
+    pub async fn exit_within(&mut self, within: Duration) -> i32 {
+        match timeout(within, self.child.wait()).await {
+            Ok(Ok(status)) => status.code().unwrap_or_else(|| {
+                panic!(
+                    "lameduck died of a signal ({status}); log:\n{}",
+                    self.logs.dump()
+                )
+            }),
+            Ok(Err(e)) => panic!("wait for lameduck: {e}"),
+            Err(_) => panic!(
+                "lameduck still running after {within:?}; log:\n{}",
+                self.logs.dump()
+            ),
+        }
+    }
+
+    /// Whether the process has exited yet (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// The first line matching `pred`, waiting at most `within`; panics with
+    /// the whole log if none comes.
+    pub async fn wait_for_log(&self, pred: impl Fn(&Value) -> bool, within: Duration) -> Value {
+        match self.logs.try_wait_for(pred, within).await {
+            Some(line) => line,
+            None => panic!(
+                "no matching log line within {within:?}; log:\n{}",
+                self.logs.dump()
+            ),
+        }
+    }
+
+    /// The first line whose `message` is `msg`, waiting at most [`PROMPT`].
+    pub async fn wait_for_message(&self, msg: &str) -> Value {
+        let msg = msg.to_string();
+        self.wait_for_log(move |l| message(l) == msg, PROMPT).await
+    }
+
+    /// The exit summary line (call after the process exited).
+    pub async fn summary(&self) -> Value {
+        self.wait_for_message("exit").await
+    }
+
+    /// Access log lines so far.
+    pub fn access_log(&self) -> Vec<Value> {
+        let lines = self.logs.lines();
+        lines.into_iter().filter(is_access_line).collect()
+    }
+
+    /// Peak resident memory of the daemon in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM line");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmHWM value")
+    }
+}
+
+pub fn is_access_line(line: &Value) -> bool {
+    line.get("target").and_then(Value::as_str) == Some("lameduck::access")
+        && message(line) == "request"
+}
+
+/// What a run to completion left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// The config file's path as passed to the binary.
+    pub path: PathBuf,
+}
+
+impl Finished {
+    async fn run(config: &str, check: bool) -> Finished {
+        let (_dir, path) = write_config(config);
+        let mut command = Command::new(BIN);
+        if check {
+            command.arg("--check");
+        } else {
+            command.args(["--log-format", "json"]);
+        }
+        command
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = match timeout(secs(15), command.output()).await {
+            Ok(output) => output.expect("run lameduck"),
+            Err(_) => {
+                panic!("lameduck (check: {check}) still running after 15s\nconfig:\n{config}")
+            }
+        };
+        Finished {
+            status: output.status.code().expect("exit code, not a signal"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            path,
+        }
+    }
+
+    /// `lameduck --check --config <tmp>/proxy.toml`.
+    pub async fn check(config: &str) -> Finished {
+        Finished::run(config, true).await
+    }
+
+    /// The daemon started normally, expected to exit on its own.
+    pub async fn start_expecting_exit(config: &str) -> Finished {
+        Finished::run(config, false).await
+    }
+}

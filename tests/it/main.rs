@@ -1,0 +1,8 @@
+//! lameduck's integration tests: one binary (it links once), a module per
+//! concern, all sharing [`harness`]. Every test starts the real daemon with a
+//! config in a temp dir, real hyper backends and real clients.
+
+mod bad_input;
+mod drain;
+mod harness;
+mod proxy;
