@@ -194,3 +194,6 @@ fn resolve_against(config_path: &Path, written: &Path) -> PathBuf {
         _ => written.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests;

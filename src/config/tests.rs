@@ -1,0 +1,204 @@
+//! Config validation: every kind of error names the right line and column.
+
+use std::path::Path;
+
+use super::{Config, ConfigError, UpstreamAddr};
+
+const GOOD: &str = r#"
+workers = 2
+
+[[listen]]
+addr = "127.0.0.1:8080"
+
+[upstream.legacy]
+addrs = ["127.0.0.1:9000", "backend.internal:9001"]
+timeout = "5s"
+
+[[route]]
+host = "API.example.com"
+path_prefix = "/api/"
+upstream = "legacy"
+
+[[route]]
+upstream = "legacy"
+
+[drain]
+deadline = "30s"
+grace = "2s"
+retry_after = "1500ms"
+close_code = 4000
+
+[admin]
+addr = "127.0.0.1:9901"
+
+[limits]
+max_connections = 100
+"#;
+
+fn errors(text: &str) -> Vec<((usize, usize), String)> {
+    let err: ConfigError =
+        Config::parse(Path::new("proxy.toml"), text).expect_err("config should be invalid");
+    err.diagnostics()
+        .iter()
+        .map(|d| (err.line_col(d).unwrap_or((0, 0)), d.message.clone()))
+        .collect()
+}
+
+fn single_error(text: &str) -> ((usize, usize), String) {
+    let mut all = errors(text);
+    assert_eq!(all.len(), 1, "expected one error, got {all:?}");
+    all.remove(0)
+}
+
+#[test]
+fn good_config_validates() {
+    let config = Config::parse(Path::new("/etc/lameduck/proxy.toml"), GOOD).expect("valid");
+    assert_eq!(config.workers, 2);
+    assert_eq!(config.listeners[0].addr.to_string(), "127.0.0.1:8080");
+    let upstream = &config.upstreams[0];
+    assert_eq!(
+        upstream.addrs[1],
+        UpstreamAddr::Name {
+            host: "backend.internal".into(),
+            port: 9001
+        }
+    );
+    assert_eq!(upstream.timeout.as_secs(), 5);
+    assert_eq!(upstream.connect_timeout.as_secs(), 2);
+    assert_eq!(config.routes[0].host.as_deref(), Some("api.example.com"));
+    assert_eq!(config.drain.close_code, 4000);
+    assert_eq!(config.drain.idle_linger.as_secs(), 1);
+    assert_eq!(config.limits.max_connections, 100);
+    assert_eq!(config.limits.header_read_timeout.as_secs(), 10);
+    assert!(config.admin.is_some());
+}
+
+#[test]
+fn syntax_error_has_a_location() {
+    let ((line, col), message) = single_error("[[listen]]\naddr = \"127.0.0.1:80\nx");
+    assert_eq!(line, 2, "{message}");
+    assert!(col > 1, "{message}");
+}
+
+#[test]
+fn unknown_key_is_an_error_that_lists_the_known_ones() {
+    let text = "[[listen]]\naddr = \"127.0.0.1:80\"\nadress = \"x\"\n";
+    let ((line, col), message) = single_error(text);
+    assert_eq!((line, col), (3, 1), "{message}");
+    assert!(
+        message.contains("unknown field `adress`") && message.contains("`addr`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn route_naming_an_undefined_upstream_points_at_the_name() {
+    let text = GOOD.replace(
+        "upstream = \"legacy\"\n\n[drain]",
+        "upstream = \"legcy\"\n\n[drain]",
+    );
+    let ((line, col), message) = single_error(&text);
+    assert_eq!((line, col), (17, 12), "{message}");
+    assert_eq!(
+        message,
+        "route names upstream \"legcy\", which is not defined (defined: \"legacy\")"
+    );
+}
+
+#[test]
+fn upstream_without_addrs_is_an_error() {
+    let text = GOOD.replace(
+        "addrs = [\"127.0.0.1:9000\", \"backend.internal:9001\"]",
+        "addrs = []",
+    );
+    let ((line, col), message) = single_error(&text);
+    assert_eq!((line, col), (8, 9), "{message}");
+    assert!(message.contains("has no addrs"), "{message}");
+}
+
+#[test]
+fn bad_duration_names_the_key_and_a_fix() {
+    let text = GOOD.replace("deadline = \"30s\"", "deadline = \"30\"");
+    let ((line, col), message) = single_error(&text);
+    assert_eq!((line, col), (20, 12), "{message}");
+    assert!(
+        message.contains("for deadline") && message.contains("\"30s\""),
+        "{message}"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address_are_an_error() {
+    let text = GOOD.replace(
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n",
+        "[[listen]]\naddr = \"127.0.0.1:8080\"\n[[listen]]\naddr = \"127.0.0.1:8080\"\n",
+    );
+    let ((line, col), message) = single_error(&text);
+    assert_eq!((line, col), (7, 8), "{message}");
+    assert!(message.contains("two listeners"), "{message}");
+}
+
+#[test]
+fn unsendable_close_codes_are_errors() {
+    for code in ["999", "1005", "1006", "1015", "5000", "1004"] {
+        let text = GOOD.replace("close_code = 4000", &format!("close_code = {code}"));
+        let ((line, col), message) = single_error(&text);
+        assert_eq!((line, col), (23, 14), "{code}: {message}");
+        assert!(message.contains("may not be sent"), "{message}");
+    }
+    for code in ["1000", "1001", "1003", "1007", "3000", "4999"] {
+        let text = GOOD.replace("close_code = 4000", &format!("close_code = {code}"));
+        Config::parse(Path::new("p.toml"), &text).unwrap_or_else(|e| panic!("{code}: {e}"));
+    }
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let text = GOOD
+        .replace("deadline = \"30s\"", "deadline = \"soon\"")
+        .replace(
+            "upstream = \"legacy\"\n\n[drain]",
+            "upstream = \"nope\"\n\n[drain]",
+        )
+        .replace("addr = \"127.0.0.1:9901\"", "addr = \"localhost\"");
+    let lines: Vec<usize> = errors(&text).iter().map(|((line, _), _)| *line).collect();
+    assert_eq!(lines, vec![17, 20, 26]);
+}
+
+#[test]
+fn missing_listener_and_route_are_errors() {
+    let all = errors("[upstream.a]\naddrs = [\"127.0.0.1:1\"]\n");
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().any(|(_, m)| m.contains("no [[listen]]")));
+    assert!(all.iter().any(|(_, m)| m.contains("no [[route]]")));
+}
+
+#[test]
+fn grace_must_be_shorter_than_deadline() {
+    let text = GOOD.replace("grace = \"2s\"", "grace = \"30s\"");
+    let (_, message) = single_error(&text);
+    assert!(message.contains("grace must be shorter"), "{message}");
+}
+
+#[test]
+fn tls_needs_cert_and_key() {
+    let text = GOOD.replace(
+        "addr = \"127.0.0.1:8080\"\n",
+        "addr = \"127.0.0.1:8080\"\ntls = { cert = \"a.pem\" }\n",
+    );
+    let ((line, _), message) = single_error(&text);
+    assert_eq!(line, 6, "{message}");
+    assert!(message.contains("cert and key"), "{message}");
+}
+
+#[test]
+fn relative_tls_paths_resolve_against_the_config_directory() {
+    let text = GOOD.replace(
+        "addr = \"127.0.0.1:8080\"\n",
+        "addr = \"127.0.0.1:8080\"\ntls = { cert = \"site.pem\", key = \"/abs/site.key\" }\n",
+    );
+    let config = Config::parse(Path::new("/etc/lameduck/proxy.toml"), &text).expect("valid");
+    let tls = config.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.certs[0].cert, Path::new("/etc/lameduck/site.pem"));
+    assert_eq!(tls.certs[0].key, Path::new("/abs/site.key"));
+}
