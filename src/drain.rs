@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
@@ -66,6 +67,10 @@ struct Shared {
     rejected: AtomicUsize,
     /// WebSocket tunnels that finished with a close handshake during the drain.
     tunnels_closed: AtomicUsize,
+    /// Tunnels open when draining started: the number of slots `close_spread` is cut into.
+    tunnels_at_drain: AtomicUsize,
+    /// Slots of the `close_spread` window handed out so far.
+    close_tickets: AtomicUsize,
 }
 
 impl Shared {
@@ -132,6 +137,12 @@ impl Drain {
 
     /// Moves every watcher to `phase`. `send_replace` works even with no receiver left.
     pub fn set_phase(&self, phase: Phase) {
+        if phase.is_draining() && !self.phase().is_draining() {
+            let tunnels = self.shared.tunnels.load(Ordering::Relaxed);
+            self.shared
+                .tunnels_at_drain
+                .store(tunnels, Ordering::Relaxed);
+        }
         self.shared.phase.store(phase as u8, Ordering::Release);
         self.phase.send_replace(phase);
     }
@@ -203,6 +214,21 @@ impl DrainWatch {
         self.shared.snapshot()
     }
 
+    /// How long after the drain start this tunnel should begin its close, so that the close
+    /// frames of all tunnels open at the drain are spread evenly over `spread`.
+    pub fn close_delay(&self, spread: Duration) -> Duration {
+        if spread.is_zero() {
+            return Duration::ZERO;
+        }
+        let slots = self.shared.tunnels_at_drain.load(Ordering::Relaxed).max(1);
+        let ticket = self
+            .shared
+            .close_tickets
+            .fetch_add(1, Ordering::Relaxed)
+            .min(slots - 1);
+        spread.mul_f64(ticket as f64 / slots as f64)
+    }
+
     /// Counts a request answered 503 because of the drain.
     pub fn count_rejected(&self) {
         self.shared.rejected.fetch_add(1, Ordering::Relaxed);
@@ -272,7 +298,6 @@ impl Drop for TunnelGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn all_closed_fires_when_last_guard_drops() {
@@ -307,6 +332,21 @@ mod tests {
             .await
             .unwrap();
         assert!(watch.phase().is_draining());
+    }
+
+    #[test]
+    fn close_delays_spread_evenly_over_the_window() {
+        let drain = Drain::new();
+        let watch = drain.watch();
+        let conn = watch.conn_guard(None);
+        let _tunnels: Vec<_> = (0..4).map(|_| watch.tunnel_guard(conn.clone())).collect();
+        drain.set_phase(Phase::Draining);
+        let spread = Duration::from_secs(2);
+        let delays: Vec<u128> = (0..4)
+            .map(|_| watch.close_delay(spread).as_millis())
+            .collect();
+        assert_eq!(delays, vec![0, 500, 1000, 1500]);
+        assert_eq!(watch.close_delay(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

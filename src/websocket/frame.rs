@@ -109,7 +109,9 @@ impl FrameTracker {
                     return (used, None);
                 }
                 State::Header { have } => {
-                    let Some(&byte) = bytes.get(used) else { return (used, None) };
+                    let Some(&byte) = bytes.get(used) else {
+                        return (used, None);
+                    };
                     used += 1;
                     self.header[have as usize] = byte;
                     let have = have as usize + 1;
@@ -173,7 +175,10 @@ impl FrameTracker {
 
     fn end_frame(&mut self) -> FrameEnd {
         self.state = State::Header { have: 0 };
-        FrameEnd { opcode: self.opcode, message_end: !self.in_message }
+        FrameEnd {
+            opcode: self.opcode,
+            message_end: !self.in_message,
+        }
     }
 }
 
@@ -249,7 +254,13 @@ mod tests {
     fn single_text_frame_is_a_message() {
         let mut t = FrameTracker::new();
         let got = ends(&mut t, &encode(true, OP_TEXT, 5, true));
-        assert_eq!(got, vec![FrameEnd { opcode: OP_TEXT, message_end: true }]);
+        assert_eq!(
+            got,
+            vec![FrameEnd {
+                opcode: OP_TEXT,
+                message_end: true
+            }]
+        );
         assert!(t.at_message_boundary());
     }
 
@@ -263,9 +274,18 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                FrameEnd { opcode: OP_BINARY, message_end: false },
-                FrameEnd { opcode: OP_PING, message_end: false },
-                FrameEnd { opcode: OP_CONTINUATION, message_end: true },
+                FrameEnd {
+                    opcode: OP_BINARY,
+                    message_end: false
+                },
+                FrameEnd {
+                    opcode: OP_PING,
+                    message_end: false
+                },
+                FrameEnd {
+                    opcode: OP_CONTINUATION,
+                    message_end: true
+                },
             ]
         );
     }
@@ -279,17 +299,23 @@ mod tests {
         assert!(!t.at_frame_boundary());
         let (used, end) = t.advance(&frame[100..]);
         assert_eq!(used, frame.len() - 100);
-        assert_eq!(end, Some(FrameEnd { opcode: OP_BINARY, message_end: true }));
+        assert_eq!(
+            end,
+            Some(FrameEnd {
+                opcode: OP_BINARY,
+                message_end: true
+            })
+        );
     }
 
     #[test]
     fn invalid_streams_make_the_tracker_give_up() {
         for bad in [
-            encode(true, 0x3, 1, false),               // reserved opcode
-            encode(false, OP_PING, 1, false),          // fragmented control frame
-            encode(true, OP_CLOSE, 126, false),        // control frame over 125 bytes
-            encode(true, OP_CONTINUATION, 1, false),   // continuation without a message
-            b"GET / HTTP/1.1\r\n".to_vec(),            // not WebSocket at all
+            encode(true, 0x3, 1, false),                      // reserved opcode
+            encode(false, OP_PING, 1, false),                 // fragmented control frame
+            encode(true, OP_CLOSE, 126, false),               // control frame over 125 bytes
+            encode(true, OP_CONTINUATION, 1, false),          // continuation without a message
+            b"GET / HTTP/1.1\r\n".to_vec(),                   // not WebSocket at all
             [0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 1].to_vec(), // 64-bit length, top bit set
         ] {
             let mut t = FrameTracker::new();
@@ -305,12 +331,21 @@ mod tests {
 
     #[test]
     fn close_frames_encode_code_and_reason() {
-        assert_eq!(close_frame(1001, "bye", None), vec![0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
+        assert_eq!(
+            close_frame(1001, "bye", None),
+            vec![0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
+        );
         let masked = close_frame(1001, "bye", Some([1, 2, 3, 4]));
         assert_eq!(&masked[..6], &[0x88, 0x85, 1, 2, 3, 4]);
         assert_eq!(masked[6] ^ 1, 0x03);
         let mut t = FrameTracker::new();
-        assert_eq!(ends(&mut t, &masked), vec![FrameEnd { opcode: OP_CLOSE, message_end: true }]);
+        assert_eq!(
+            ends(&mut t, &masked),
+            vec![FrameEnd {
+                opcode: OP_CLOSE,
+                message_end: true
+            }]
+        );
     }
 
     /// One generated frame: final?, opcode, payload length, masked?
@@ -325,7 +360,15 @@ mod tests {
             .prop_map(|(text, fragments, controls, len)| {
                 let mut frames = Vec::new();
                 for i in 0..fragments {
-                    let opcode = if i == 0 { if text { OP_TEXT } else { OP_BINARY } } else { OP_CONTINUATION };
+                    let opcode = if i == 0 {
+                        if text {
+                            OP_TEXT
+                        } else {
+                            OP_BINARY
+                        }
+                    } else {
+                        OP_CONTINUATION
+                    };
                     frames.push((i + 1 == fragments, opcode, len / fragments, i % 2 == 0));
                     if let Some(&(kind, clen)) = controls.get(i) {
                         let op = [OP_PING, OP_PONG, OP_CLOSE][kind];

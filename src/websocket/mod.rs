@@ -6,6 +6,7 @@
 //! as open until the tunnel's sockets are closed.
 
 pub mod frame;
+mod relay;
 pub mod tunnel;
 
 use std::sync::Arc;

@@ -1,16 +1,65 @@
-//! Relaying an upgraded connection.
+//! A tunnel between a client and an upstream after a `101`, and how it ends on drain.
+//!
+//! Until the drain, a tunnel relays bytes both ways ([`Pipe`]), following WebSocket frames
+//! without touching them. When the daemon drains (after this tunnel's share of
+//! `close_spread`), a WebSocket tunnel closes as if the backend itself had closed it:
+//!
+//! 1. at the next frame boundary of the client→upstream stream (a message boundary if one
+//!    comes within [`MESSAGE_BOUNDARY_WAIT`]) lameduck sends the upstream a masked Close with
+//!    `close_code` and `close_reason`; client data frames are dropped from then on;
+//! 2. it relays the upstream's frames to the client until the upstream answers with its own
+//!    Close, which it keeps;
+//! 3. it sends the client a Close with `close_code` and `close_reason` — at a frame boundary,
+//!    since the upstream's Close started at one — waits for the client's Close, and closes
+//!    both connections.
+//!
+//! Each wait is bounded by `close_timeout`; the daemon's deadline bounds everything. A tunnel
+//! whose peers already exchange Close frames, a raw (non-WebSocket) tunnel, and a stream that
+//! turned out not to be WebSocket are simply relayed until they end or the deadline cuts them.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, Instant};
+use tracing::debug;
 
+use super::frame::close_frame;
+use super::relay::{Event, Mode, Pipe};
 use crate::config::DrainConfig;
-use crate::drain::{DrainWatch, TunnelGuard};
+use crate::drain::{DrainWatch, Phase, TunnelGuard};
 
-/// Both sides of an upgraded connection.
+/// How long a drain waits for a message boundary before settling for a frame boundary.
+pub const MESSAGE_BOUNDARY_WAIT: Duration = Duration::from_millis(500);
+
+/// Which direction an event came from.
+#[derive(Debug)]
+enum Dir {
+    /// Client to upstream.
+    Up,
+    /// Upstream to client.
+    Down,
+}
+
+/// How a tunnel ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// Both sides finished (on their own, or through the close handshake).
+    Closed,
+    /// The drain's close handshake completed.
+    Handshake,
+    /// A side failed or did not answer in time.
+    Cut(&'static str),
+}
+
+/// Both sides of an upgraded connection and the two pipes between them.
 pub struct Tunnel<C, U> {
     client: C,
     upstream: U,
+    up: Pipe,
+    down: Pipe,
     websocket: bool,
     config: Arc<DrainConfig>,
 }
@@ -20,19 +69,227 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    /// A tunnel between `client` and `upstream`.
+    /// A tunnel between `client` and `upstream`; `websocket` makes it follow frames.
     pub fn new(client: C, upstream: U, websocket: bool, config: Arc<DrainConfig>) -> Self {
         Tunnel {
             client,
             upstream,
+            up: Pipe::new(websocket),
+            down: Pipe::new(websocket),
             websocket,
             config,
         }
     }
 
-    /// Relays until both sides are done.
-    pub async fn run(mut self, _drain: DrainWatch, _guard: &TunnelGuard) {
-        let _ = (self.websocket, &self.config);
-        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut self.upstream).await;
+    /// Relays until the tunnel ends; on drain, closes it as the module doc describes.
+    pub async fn run(mut self, mut drain: DrainWatch, guard: &TunnelGuard) {
+        let end = tokio::select! {
+            end = self.relay_until_closed() => end,
+            _ = drain.reached(Phase::Draining) => self.close_on_drain(&drain).await,
+        };
+        match end {
+            End::Handshake => guard.closed_with_handshake(),
+            End::Closed => {}
+            End::Cut(why) => debug!(why, "tunnel cut"),
+        }
+        // Best effort: a FIN rather than a reset where the peer still listens.
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.client.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.upstream.shutdown()).await;
     }
+
+    /// The next event from either direction.
+    async fn next_event(&mut self) -> (Dir, Event) {
+        poll_fn(|cx| {
+            if let Poll::Ready(e) = self.up.poll(cx, &mut self.client, &mut self.upstream) {
+                return Poll::Ready((Dir::Up, e));
+            }
+            if let Poll::Ready(e) = self.down.poll(cx, &mut self.upstream, &mut self.client) {
+                return Poll::Ready((Dir::Down, e));
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Plain relaying until both directions have ended.
+    async fn relay_until_closed(&mut self) -> End {
+        loop {
+            match self.next_event().await {
+                (_, Event::Failed(e)) => return io_failed(&e),
+                (_, Event::Eof) if self.up.is_eof() && self.down.is_eof() => return End::Closed,
+                _ => {}
+            }
+        }
+    }
+
+    /// Relays until `at`; returns the end if the tunnel ended first.
+    async fn relay_until(&mut self, at: Instant) -> Option<End> {
+        tokio::select! {
+            end = self.relay_until_closed() => Some(end),
+            _ = sleep_until(at) => None,
+        }
+    }
+
+    async fn close_on_drain(&mut self, drain: &DrainWatch) -> End {
+        let frames_ok = self.websocket && self.up.follows_frames() && self.down.follows_frames();
+        if !frames_ok || self.up.close_seen || self.down.close_seen {
+            // Raw, not WebSocket after all, or already closing by itself: relay to the end.
+            return self.relay_until_closed().await;
+        }
+        let start = Instant::now() + drain.close_delay(self.config.close_spread);
+        if let Some(end) = self.relay_until(start).await {
+            return end;
+        }
+        if let Err(end) = self.close_upstream().await {
+            return end;
+        }
+        if let Err(end) = self.await_upstream_close().await {
+            return end;
+        }
+        self.close_client().await
+    }
+
+    /// Step 1: the masked Close to the upstream, at a boundary of the client's stream.
+    async fn close_upstream(&mut self) -> Result<(), End> {
+        let started = Instant::now();
+        let prefer_until = started + MESSAGE_BOUNDARY_WAIT.min(self.config.close_timeout);
+        let give_up = started + self.config.close_timeout;
+        self.up.mode = Mode::StopAtBoundary { message: true };
+        loop {
+            tokio::select! {
+                event = self.next_event() => match event {
+                    (Dir::Up, Event::AtBoundary) => break,
+                    (_, Event::Failed(e)) => return Err(io_failed(&e)),
+                    (Dir::Up, Event::Eof) => return Err(End::Cut("client left mid-frame")),
+                    _ => {}
+                },
+                _ = sleep_until(prefer_until), if self.up.mode == (Mode::StopAtBoundary { message: true }) => {
+                    self.up.mode = Mode::StopAtBoundary { message: false };
+                }
+                _ = sleep_until(give_up) => return Err(End::Cut("client stream never reached a frame boundary")),
+            }
+        }
+        if self.down.close_seen {
+            // The backend closed on its own meanwhile; let that handshake finish.
+            self.up.mode = Mode::Forward;
+            return Err(self.relay_until_closed().await);
+        }
+        let mask = fastrand::u32(..).to_ne_bytes();
+        self.up.inject(close_frame(
+            self.config.close_code,
+            &self.config.close_reason,
+            Some(mask),
+        ));
+        self.up.mode = Mode::DiscardUntilClose;
+        self.down.mode = Mode::HoldBeforeClose;
+        self.wait_for(
+            Dir::Up,
+            give_up,
+            |e| matches!(e, Event::Injected),
+            "upstream not writable",
+        )
+        .await
+    }
+
+    /// Step 2: relay the upstream's frames to the client until the upstream's Close.
+    async fn await_upstream_close(&mut self) -> Result<(), End> {
+        let give_up = Instant::now() + self.config.close_timeout;
+        let answered = self
+            .wait_for(
+                Dir::Down,
+                give_up,
+                |e| matches!(e, Event::CloseNext),
+                "no close from upstream",
+            )
+            .await;
+        if answered.is_ok() {
+            self.down.mode = Mode::DiscardUntilClose;
+            return self
+                .wait_for(
+                    Dir::Down,
+                    give_up,
+                    |e| matches!(e, Event::CloseDropped),
+                    "upstream close cut short",
+                )
+                .await;
+        }
+        // The upstream did not answer: still close the client properly if we can.
+        if self.down.at_frame_boundary() {
+            self.down.mode = Mode::Discard;
+            return Ok(());
+        }
+        answered
+    }
+
+    /// Step 3: the Close to the client, then its answer.
+    async fn close_client(&mut self) -> End {
+        let give_up = Instant::now() + self.config.close_timeout;
+        self.down.inject(close_frame(
+            self.config.close_code,
+            &self.config.close_reason,
+            None,
+        ));
+        if let Err(end) = self
+            .wait_for(
+                Dir::Down,
+                give_up,
+                |e| matches!(e, Event::Injected),
+                "client not writable",
+            )
+            .await
+        {
+            return end;
+        }
+        if self.up.mode == Mode::Discard {
+            // The client's Close already arrived (it closed while we were closing the upstream).
+            return End::Handshake;
+        }
+        match self
+            .wait_for(
+                Dir::Up,
+                give_up,
+                |e| matches!(e, Event::CloseDropped),
+                "no close from client",
+            )
+            .await
+        {
+            Ok(()) => End::Handshake,
+            Err(end) => end,
+        }
+    }
+
+    /// Relays until `dir` reports an event `wanted` accepts, failing at `give_up`. End of
+    /// stream and errors end the wait; other events (a client Close during step 2) are noted
+    /// by the pipes' modes and otherwise ignored.
+    async fn wait_for(
+        &mut self,
+        dir: Dir,
+        give_up: Instant,
+        wanted: impl Fn(&Event) -> bool,
+        why: &'static str,
+    ) -> Result<(), End> {
+        loop {
+            tokio::select! {
+                (from, event) = self.next_event() => {
+                    if matches!((&from, &dir), (Dir::Up, Dir::Up) | (Dir::Down, Dir::Down)) && wanted(&event) {
+                        return Ok(());
+                    }
+                    match event {
+                        Event::Failed(e) => return Err(io_failed(&e)),
+                        Event::Eof if matches!(from, Dir::Down) && self.down.mode != Mode::Discard => {
+                            return Err(End::Cut("upstream closed without a close frame"));
+                        }
+                        Event::Eof if matches!(from, Dir::Up) => return Err(End::Cut("client left")),
+                        _ => {}
+                    }
+                }
+                _ = sleep_until(give_up) => return Err(End::Cut(why)),
+            }
+        }
+    }
+}
+
+fn io_failed(e: &std::io::Error) -> End {
+    debug!(error = %e, "tunnel i/o failed");
+    End::Cut("i/o error")
 }
