@@ -6,3 +6,4 @@ mod bad_input;
 mod drain;
 mod harness;
 mod proxy;
+mod websocket;
