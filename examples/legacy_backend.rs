@@ -1,0 +1,144 @@
+//! A demo backend with no graceful shutdown of its own: on SIGTERM it simply dies, cutting
+//! whatever it was doing. Put lameduck in front of it to see the difference.
+//!
+//! ```text
+//! cargo run --example legacy_backend            # listens on 127.0.0.1:9000
+//! cargo run --example legacy_backend -- 127.0.0.1:9001
+//! ```
+//! - `GET /`            a short text answer naming this backend's address
+//! - `GET /slow?ms=N`   answers after N milliseconds (default 2000)
+//! - `GET /stream`      ten lines, one every 200 ms
+//! - `POST /echo`       echoes the request body
+//! - `GET /ws`          WebSocket: echoes messages and sends a tick every second
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9000".into())
+        .parse()
+        .expect("an IP:PORT");
+    let listener = TcpListener::bind(addr).await?;
+    println!(
+        "legacy backend on http://{addr} (no graceful shutdown: SIGTERM kills it mid-request)"
+    );
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(req, addr));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    Ok(match (req.method().as_str(), path.as_str()) {
+        ("GET", "/ws") => websocket(req),
+        ("GET", "/slow") => {
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, format!("slept {ms} ms at {me}\n"))
+        }
+        ("GET", "/stream") => {
+            let lines = futures_util::stream::iter(0..10).then(|i| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from(format!("line {i}\n"))))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(lines)))
+        }
+        ("POST", "/echo") => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Response::new(Full::new(body).boxed())
+        }
+        _ => text(
+            StatusCode::OK,
+            format!("hello from the legacy backend at {me}\n"),
+        ),
+    })
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Answers a WebSocket handshake and serves the connection once upgraded.
+fn websocket(mut req: Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "not a websocket handshake\n".into(),
+        );
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let (mut tx, mut rx) = ws.split();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    n += 1;
+                    if tx.send(Message::Text(format!("tick {n}"))).await.is_err() { return; }
+                }
+                msg = rx.next() => match msg {
+                    Some(Ok(Message::Close(frame))) => {
+                        println!("websocket closed by peer: {frame:?}");
+                        let _ = tx.send(Message::Close(frame)).await;
+                        return;
+                    }
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if tx.send(m).await.is_err() { return; }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = resp.headers_mut();
+    headers.insert("upgrade", "websocket".parse().expect("static"));
+    headers.insert("connection", "upgrade".parse().expect("static"));
+    headers.insert(
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()).parse().expect("base64"),
+    );
+    resp
+}
