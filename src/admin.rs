@@ -41,10 +41,7 @@ pub async fn serve(listener: TcpListener, drain: DrainWatch, metrics: Arc<Metric
                 let answer = answer(&req, drain.phase(), &metrics);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
                 debug!(client.addr = %peer, error = %e, "admin connection ended");
             }
         });
@@ -67,19 +64,14 @@ fn answer(req: &Request<Incoming>, phase: Phase, metrics: &Metrics) -> Response<
             );
             resp
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /healthz, /readyz or /metrics\n",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz or /metrics\n"),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }

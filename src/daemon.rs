@@ -25,6 +25,7 @@ use crate::drain::{Drain, Phase};
 use crate::metrics::Metrics;
 use crate::proxy::conn::ConnServer;
 use crate::proxy::Proxy;
+use crate::tls::TlsMaterial;
 use crate::{admin, listener};
 
 /// How the daemon ended.
@@ -58,6 +59,8 @@ pub enum StartupError {
     },
     /// The runtime or the signal handlers could not be set up.
     Setup(io::Error),
+    /// Certificates, keys or CA files could not be used.
+    Tls(Vec<String>),
 }
 
 impl fmt::Display for StartupError {
@@ -65,6 +68,7 @@ impl fmt::Display for StartupError {
         match self {
             StartupError::Bind { addr, .. } => write!(f, "cannot listen on \"{addr}\""),
             StartupError::Setup(_) => f.write_str("cannot set up the runtime"),
+            StartupError::Tls(problems) => write!(f, "tls: {}", problems.join("; ")),
         }
     }
 }
@@ -73,6 +77,7 @@ impl std::error::Error for StartupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartupError::Bind { source, .. } | StartupError::Setup(source) => Some(source),
+            StartupError::Tls(_) => None,
         }
     }
 }
@@ -98,10 +103,7 @@ struct Signals {
 
 impl Signals {
     fn install() -> io::Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     /// Resolves at the next SIGTERM or SIGINT, with the signal's name.
@@ -115,6 +117,10 @@ impl Signals {
 
 async fn serve(config: Config) -> Result<Outcome, StartupError> {
     let mut signals = Signals::install().map_err(StartupError::Setup)?;
+    let tls = TlsMaterial::load(&config).map_err(StartupError::Tls)?;
+    for warning in &tls.warnings {
+        warn!(warning = %warning, "tls");
+    }
     let listeners = bind_all(&config)?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(bind_tokio(admin.addr)?),
@@ -122,18 +128,14 @@ async fn serve(config: Config) -> Result<Outcome, StartupError> {
     };
 
     let drain = Drain::new();
-    let proxy = Arc::new(Proxy::new(&config));
-    let server = Arc::new(ConnServer::new(
-        proxy,
-        &config.limits,
-        config.drain.idle_linger,
-    ));
+    let proxy = Arc::new(Proxy::new(&config, &tls));
+    let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut accept_loops = Vec::new();
-    for listener in listeners {
+    for (listener, tls) in listeners.into_iter().zip(tls.listeners) {
         let addr = listener.local_addr().map_err(StartupError::Setup)?;
-        info!(listener.addr = %addr, "listening");
-        let task = listener::accept_loop(listener, server.clone(), drain.watch(), slots.clone());
+        info!(listener.addr = %addr, tls = tls.is_some(), "listening");
+        let task = listener::accept_loop(listener, tls, server.clone(), drain.watch(), slots.clone());
         accept_loops.push(tokio::spawn(task));
     }
     log_routes(&config);
@@ -150,16 +152,11 @@ async fn serve(config: Config) -> Result<Outcome, StartupError> {
 }
 
 fn bind_all(config: &Config) -> Result<Vec<TcpListener>, StartupError> {
-    config
-        .listeners
-        .iter()
-        .map(|l| bind_tokio(l.addr))
-        .collect()
+    config.listeners.iter().map(|l| bind_tokio(l.addr)).collect()
 }
 
 fn bind_tokio(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    let std_listener =
-        listener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+    let std_listener = listener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
     TcpListener::from_std(std_listener).map_err(|source| StartupError::Bind { addr, source })
 }
 
@@ -207,12 +204,7 @@ async fn drain_and_exit(
             let _ = task.await;
         }
         let s = drain.snapshot();
-        info!(
-            open = s.open,
-            in_flight = s.in_flight,
-            tunnels = s.tunnels,
-            "draining"
-        );
+        info!(open = s.open, in_flight = s.in_flight, tunnels = s.tunnels, "draining");
         tokio::select! {
             _ = drain.all_closed() => Outcome::Drained,
             _ = tokio::time::sleep_until(deadline) => {
@@ -240,11 +232,7 @@ fn log_summary(drain: &Drain, took: Duration, outcome: Outcome) {
         requests.completed = s.completed_after_signal,
         requests.rejected = s.rejected,
         tunnels.closed = s.tunnels_closed,
-        tunnels.cut = if outcome == Outcome::Cut {
-            s.tunnels
-        } else {
-            0
-        },
+        tunnels.cut = if outcome == Outcome::Cut { s.tunnels } else { 0 },
         connections.cut = cut,
         "exit"
     );

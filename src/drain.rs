@@ -121,27 +121,19 @@ impl Drain {
     /// A drain in the `Serving` phase with nothing open.
     pub fn new() -> Self {
         let (phase, _) = watch::channel(Phase::Serving);
-        Drain {
-            phase,
-            shared: Arc::default(),
-        }
+        Drain { phase, shared: Arc::default() }
     }
 
     /// A receiver for tasks that must react to phase changes.
     pub fn watch(&self) -> DrainWatch {
-        DrainWatch {
-            phase: self.phase.subscribe(),
-            shared: self.shared.clone(),
-        }
+        DrainWatch { phase: self.phase.subscribe(), shared: self.shared.clone() }
     }
 
     /// Moves every watcher to `phase`. `send_replace` works even with no receiver left.
     pub fn set_phase(&self, phase: Phase) {
         if phase.is_draining() && !self.phase().is_draining() {
             let tunnels = self.shared.tunnels.load(Ordering::Relaxed);
-            self.shared
-                .tunnels_at_drain
-                .store(tunnels, Ordering::Relaxed);
+            self.shared.tunnels_at_drain.store(tunnels, Ordering::Relaxed);
         }
         self.shared.phase.store(phase as u8, Ordering::Release);
         self.phase.send_replace(phase);
@@ -195,18 +187,13 @@ impl DrainWatch {
     /// when the guard drops.
     pub fn conn_guard(&self, slot: Option<OwnedSemaphorePermit>) -> Arc<ConnGuard> {
         self.shared.open.fetch_add(1, Ordering::AcqRel);
-        Arc::new(ConnGuard {
-            shared: self.shared.clone(),
-            _slot: slot,
-        })
+        Arc::new(ConnGuard { shared: self.shared.clone(), _slot: slot })
     }
 
     /// Registers a request; the returned guard must live until its response has finished.
     pub fn request_guard(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard {
-            shared: self.shared.clone(),
-        }
+        RequestGuard { shared: self.shared.clone() }
     }
 
     /// Current counts.
@@ -221,11 +208,7 @@ impl DrainWatch {
             return Duration::ZERO;
         }
         let slots = self.shared.tunnels_at_drain.load(Ordering::Relaxed).max(1);
-        let ticket = self
-            .shared
-            .close_tickets
-            .fetch_add(1, Ordering::Relaxed)
-            .min(slots - 1);
+        let ticket = self.shared.close_tickets.fetch_add(1, Ordering::Relaxed).min(slots - 1);
         spread.mul_f64(ticket as f64 / slots as f64)
     }
 
@@ -237,10 +220,7 @@ impl DrainWatch {
     /// Registers a tunnel, which keeps `conn` (and so the open count) alive while it runs.
     pub fn tunnel_guard(&self, conn: Arc<ConnGuard>) -> TunnelGuard {
         self.shared.tunnels.fetch_add(1, Ordering::Relaxed);
-        TunnelGuard {
-            shared: self.shared.clone(),
-            _conn: conn,
-        }
+        TunnelGuard { shared: self.shared.clone(), _conn: conn }
     }
 }
 
@@ -310,14 +290,9 @@ mod tests {
         assert_eq!(drain.snapshot().open, 2);
         drop(a);
         let waiting = tokio::time::timeout(Duration::from_millis(50), drain.all_closed());
-        assert!(
-            waiting.await.is_err(),
-            "the tunnel still holds a connection open"
-        );
+        assert!(waiting.await.is_err(), "the tunnel still holds a connection open");
         let closer = tokio::spawn(async move { drop(tunnel) });
-        tokio::time::timeout(Duration::from_secs(1), drain.all_closed())
-            .await
-            .expect("closed");
+        tokio::time::timeout(Duration::from_secs(1), drain.all_closed()).await.expect("closed");
         closer.await.unwrap();
         assert_eq!(drain.snapshot().tunnels, 0);
     }
@@ -328,9 +303,7 @@ mod tests {
         let mut watch = drain.watch();
         assert_eq!(watch.phase(), Phase::Serving);
         drain.set_phase(Phase::Draining);
-        tokio::time::timeout(Duration::from_secs(1), watch.reached(Phase::Grace))
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), watch.reached(Phase::Grace)).await.unwrap();
         assert!(watch.phase().is_draining());
     }
 
@@ -342,9 +315,7 @@ mod tests {
         let _tunnels: Vec<_> = (0..4).map(|_| watch.tunnel_guard(conn.clone())).collect();
         drain.set_phase(Phase::Draining);
         let spread = Duration::from_secs(2);
-        let delays: Vec<u128> = (0..4)
-            .map(|_| watch.close_delay(spread).as_millis())
-            .collect();
+        let delays: Vec<u128> = (0..4).map(|_| watch.close_delay(spread).as_millis()).collect();
         assert_eq!(delays, vec![0, 500, 1000, 1500]);
         assert_eq!(watch.close_delay(Duration::ZERO), Duration::ZERO);
     }

@@ -12,6 +12,7 @@
 //! - [`listener`]: binding and the accept loop.
 //! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools, error answers.
 //! - [`websocket`]: upgraded connections; the frame-boundary tracker and the tunnel relay.
+//! - [`tls`]: rustls configs for TLS listeners (SNI) and https upstreams.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: text or JSON log lines.
 //!
@@ -31,6 +32,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod tls;
 pub mod websocket;
 
 pub use config::Config;

@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use crate::drain::{DrainWatch, Phase};
+use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::proxy::conn::{ConnInfo, ConnServer};
+use crate::tls::ListenerTls;
 
 /// Kernel accept queue length; the backlog is what holds clients while lameduck is at its
 /// connection limit.
@@ -27,11 +28,7 @@ const FD_EXHAUSTED_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds `addr` for listening (with `SO_REUSEADDR`, so a restart does not wait for TIME_WAIT).
 pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -42,9 +39,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections on `listener` and serves each on its own task, until draining starts.
+/// Accepts connections on `listener` and serves each on its own task (after a TLS handshake
+/// when `tls` is set), until draining starts.
 pub async fn accept_loop(
     listener: TcpListener,
+    tls: Option<ListenerTls>,
     server: Arc<ConnServer>,
     mut drain: DrainWatch,
     slots: Arc<Semaphore>,
@@ -63,11 +62,18 @@ pub async fn accept_loop(
                 let guard = drain.conn_guard(Some(slot));
                 let server = server.clone();
                 let drain = drain.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!(client.addr = %peer, error = %e, "set TCP_NODELAY failed");
                     }
-                    serve_plain(&server, stream, peer, guard, drain).await;
+                    match tls {
+                        None => {
+                            let info = ConnInfo { peer, tls: false, h2: false };
+                            server.serve(stream, info, guard, drain).await;
+                        }
+                        Some(tls) => serve_tls(&server, &tls, stream, peer, guard, drain).await,
+                    }
                 });
             }
             Err(e) if is_out_of_fds(&e) => {
@@ -79,18 +85,27 @@ pub async fn accept_loop(
     }
 }
 
-async fn serve_plain(
+/// Completes the TLS handshake (bounded by its timeout, abandoned when draining starts) and
+/// serves the connection. A failed handshake concerns only this client: it is logged at debug.
+async fn serve_tls(
     server: &ConnServer,
+    tls: &ListenerTls,
     stream: TcpStream,
     peer: SocketAddr,
-    guard: Arc<crate::drain::ConnGuard>,
-    drain: DrainWatch,
+    guard: Arc<ConnGuard>,
+    mut drain: DrainWatch,
 ) {
-    let info = ConnInfo {
-        peer,
-        tls: false,
-        h2: false,
+    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return debug!(client.addr = %peer, error = %e, "tls handshake failed"),
+            Err(_) => return debug!(client.addr = %peer, "tls handshake timed out"),
+        },
+        _ = drain.reached(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
     };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let info = ConnInfo { peer, tls: true, h2 };
     server.serve(stream, info, guard, drain).await;
 }
 

@@ -14,18 +14,11 @@ pub enum LogFormat {
 /// Installs the global subscriber. `level` is a level (`info`) or a filter directive
 /// (`info,lameduck::access=off`); an invalid one is an error, not a silent default.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("invalid --log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lameduck::logging::{self, LogFormat};
+use lameduck::tls::TlsMaterial;
 use lameduck::Config;
 
 /// A reverse proxy that gives backends without graceful shutdown a proper lame-duck mode.
@@ -37,8 +38,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!("ok");
-        return ExitCode::SUCCESS;
+        return check_tls(&cli.config, &config);
     }
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         eprintln!("lameduck: {e}");
@@ -48,6 +48,25 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
             tracing::error!(error = %e, cause = %error_chain(&e), "start-up failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The part of `--check` that reads certificate, key and CA files.
+fn check_tls(path: &std::path::Path, config: &Config) -> ExitCode {
+    match TlsMaterial::load(config) {
+        Ok(material) => {
+            for warning in &material.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{}: {problem}", path.display());
+            }
             ExitCode::from(1)
         }
     }

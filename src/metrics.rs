@@ -30,31 +30,14 @@ impl Metrics {
             registry.register(name, help, g.clone());
             g
         };
-        let open = gauge(
-            "open_connections",
-            "Open client connections, tunnels included",
-        );
-        let in_flight = gauge(
-            "requests_in_flight",
-            "Requests whose response has not finished",
-        );
+        let open = gauge("open_connections", "Open client connections, tunnels included");
+        let in_flight = gauge("requests_in_flight", "Requests whose response has not finished");
         let tunnels = gauge("tunnels", "Upgraded connections being relayed");
-        let phase = gauge(
-            "phase",
-            "0 serving, 1 grace, 2 draining, 3 handed over to a successor",
-        );
-        let completed_after_signal = gauge(
-            "drain_requests_completed",
-            "Requests completed after the drain signal",
-        );
-        let rejected = gauge(
-            "drain_requests_rejected",
-            "Requests answered 503 while draining",
-        );
-        let tunnels_closed = gauge(
-            "drain_tunnels_closed",
-            "Tunnels closed with a close handshake on drain",
-        );
+        let phase = gauge("phase", "0 serving, 1 grace, 2 draining, 3 handed over to a successor");
+        let completed_after_signal =
+            gauge("drain_requests_completed", "Requests completed after the drain signal");
+        let rejected = gauge("drain_requests_rejected", "Requests answered 503 while draining");
+        let tunnels_closed = gauge("drain_tunnels_closed", "Tunnels closed with a close handshake on drain");
         Metrics {
             registry,
             drain,
@@ -75,8 +58,7 @@ impl Metrics {
         self.in_flight.set(s.in_flight as i64);
         self.tunnels.set(s.tunnels as i64);
         self.phase.set(self.drain.phase() as i64);
-        self.completed_after_signal
-            .set(s.completed_after_signal as i64);
+        self.completed_after_signal.set(s.completed_after_signal as i64);
         self.rejected.set(s.rejected as i64);
         self.tunnels_closed.set(s.tunnels_closed as i64);
         let mut out = String::new();

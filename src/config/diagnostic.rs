@@ -17,18 +17,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// A problem located at `span`.
     pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
-        Diagnostic {
-            span: Some(span),
-            message: message.into(),
-        }
+        Diagnostic { span: Some(span), message: message.into() }
     }
 
     /// A problem of the whole file.
     pub fn whole(message: impl Into<String>) -> Self {
-        Diagnostic {
-            span: None,
-            message: message.into(),
-        }
+        Diagnostic { span: None, message: message.into() }
     }
 }
 
@@ -43,11 +37,7 @@ pub struct ConfigError {
 impl ConfigError {
     /// Collects `diagnostics` about the file at `path` whose text is `source`.
     pub fn new(path: &Path, source: &str, diagnostics: Vec<Diagnostic>) -> Self {
-        ConfigError {
-            path: path.to_owned(),
-            source: source.to_owned(),
-            diagnostics,
-        }
+        ConfigError { path: path.to_owned(), source: source.to_owned(), diagnostics }
     }
 
     /// The file could not be read at all.
@@ -63,10 +53,7 @@ impl ConfigError {
 
     /// `(line, column)` of a problem, both 1-based, or `None` for a whole-file problem.
     pub fn line_col(&self, diagnostic: &Diagnostic) -> Option<(usize, usize)> {
-        diagnostic
-            .span
-            .as_ref()
-            .map(|span| line_col(&self.source, span.start))
+        diagnostic.span.as_ref().map(|span| line_col(&self.source, span.start))
     }
 }
 
@@ -94,23 +81,11 @@ impl fmt::Display for ConfigError {
             let (line, col) = line_col(&self.source, span.start);
             writeln!(f, "{path}:{line}:{col}: {}", d.message)?;
             let text = self.source.lines().nth(line - 1).unwrap_or("");
-            let width = self.source[span.clone()]
-                .lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .count();
+            let width = self.source[span.clone()].lines().next().unwrap_or("").chars().count();
             let gutter = line.to_string().len();
             writeln!(f, "{:gutter$} |", "")?;
             writeln!(f, "{line} | {text}")?;
-            write!(
-                f,
-                "{:gutter$} | {:pad$}{}",
-                "",
-                "",
-                "^".repeat(width.max(1)),
-                pad = col - 1
-            )?;
+            write!(f, "{:gutter$} | {:pad$}{}", "", "", "^".repeat(width.max(1)), pad = col - 1)?;
         }
         Ok(())
     }
@@ -133,16 +108,10 @@ mod tests {
     #[test]
     fn display_shows_line_and_caret() {
         let text = "x = 1\nroute = \"legcy\"\n";
-        let err = ConfigError::new(
-            Path::new("proxy.toml"),
-            text,
-            vec![Diagnostic::at(14..21, "no such upstream")],
-        );
+        let err =
+            ConfigError::new(Path::new("proxy.toml"), text, vec![Diagnostic::at(14..21, "no such upstream")]);
         let shown = err.to_string();
-        assert!(
-            shown.starts_with("proxy.toml:2:9: no such upstream\n"),
-            "{shown}"
-        );
+        assert!(shown.starts_with("proxy.toml:2:9: no such upstream\n"), "{shown}");
         assert!(shown.contains("2 | route = \"legcy\""), "{shown}");
         assert!(shown.ends_with("  |         ^^^^^^^"), "{shown:?}");
     }

@@ -38,10 +38,7 @@ max_connections = 100
 fn errors(text: &str) -> Vec<((usize, usize), String)> {
     let err: ConfigError =
         Config::parse(Path::new("proxy.toml"), text).expect_err("config should be invalid");
-    err.diagnostics()
-        .iter()
-        .map(|d| (err.line_col(d).unwrap_or((0, 0)), d.message.clone()))
-        .collect()
+    err.diagnostics().iter().map(|d| (err.line_col(d).unwrap_or((0, 0)), d.message.clone())).collect()
 }
 
 fn single_error(text: &str) -> ((usize, usize), String) {
@@ -56,13 +53,7 @@ fn good_config_validates() {
     assert_eq!(config.workers, 2);
     assert_eq!(config.listeners[0].addr.to_string(), "127.0.0.1:8080");
     let upstream = &config.upstreams[0];
-    assert_eq!(
-        upstream.addrs[1],
-        UpstreamAddr::Name {
-            host: "backend.internal".into(),
-            port: 9001
-        }
-    );
+    assert_eq!(upstream.addrs[1], UpstreamAddr::Name { host: "backend.internal".into(), port: 9001 });
     assert_eq!(upstream.timeout.as_secs(), 5);
     assert_eq!(upstream.connect_timeout.as_secs(), 2);
     assert_eq!(config.routes[0].host.as_deref(), Some("api.example.com"));
@@ -85,32 +76,20 @@ fn unknown_key_is_an_error_that_lists_the_known_ones() {
     let text = "[[listen]]\naddr = \"127.0.0.1:80\"\nadress = \"x\"\n";
     let ((line, col), message) = single_error(text);
     assert_eq!((line, col), (3, 1), "{message}");
-    assert!(
-        message.contains("unknown field `adress`") && message.contains("`addr`"),
-        "{message}"
-    );
+    assert!(message.contains("unknown field `adress`") && message.contains("`addr`"), "{message}");
 }
 
 #[test]
 fn route_naming_an_undefined_upstream_points_at_the_name() {
-    let text = GOOD.replace(
-        "upstream = \"legacy\"\n\n[drain]",
-        "upstream = \"legcy\"\n\n[drain]",
-    );
+    let text = GOOD.replace("upstream = \"legacy\"\n\n[drain]", "upstream = \"legcy\"\n\n[drain]");
     let ((line, col), message) = single_error(&text);
     assert_eq!((line, col), (17, 12), "{message}");
-    assert_eq!(
-        message,
-        "route names upstream \"legcy\", which is not defined (defined: \"legacy\")"
-    );
+    assert_eq!(message, "route names upstream \"legcy\", which is not defined (defined: \"legacy\")");
 }
 
 #[test]
 fn upstream_without_addrs_is_an_error() {
-    let text = GOOD.replace(
-        "addrs = [\"127.0.0.1:9000\", \"backend.internal:9001\"]",
-        "addrs = []",
-    );
+    let text = GOOD.replace("addrs = [\"127.0.0.1:9000\", \"backend.internal:9001\"]", "addrs = []");
     let ((line, col), message) = single_error(&text);
     assert_eq!((line, col), (8, 9), "{message}");
     assert!(message.contains("has no addrs"), "{message}");
@@ -121,10 +100,7 @@ fn bad_duration_names_the_key_and_a_fix() {
     let text = GOOD.replace("deadline = \"30s\"", "deadline = \"30\"");
     let ((line, col), message) = single_error(&text);
     assert_eq!((line, col), (20, 12), "{message}");
-    assert!(
-        message.contains("for deadline") && message.contains("\"30s\""),
-        "{message}"
-    );
+    assert!(message.contains("for deadline") && message.contains("\"30s\""), "{message}");
 }
 
 #[test]
@@ -156,10 +132,7 @@ fn unsendable_close_codes_are_errors() {
 fn every_error_is_reported_at_once() {
     let text = GOOD
         .replace("deadline = \"30s\"", "deadline = \"soon\"")
-        .replace(
-            "upstream = \"legacy\"\n\n[drain]",
-            "upstream = \"nope\"\n\n[drain]",
-        )
+        .replace("upstream = \"legacy\"\n\n[drain]", "upstream = \"nope\"\n\n[drain]")
         .replace("addr = \"127.0.0.1:9901\"", "addr = \"localhost\"");
     let lines: Vec<usize> = errors(&text).iter().map(|((line, _), _)| *line).collect();
     assert_eq!(lines, vec![17, 20, 26]);
@@ -182,10 +155,8 @@ fn grace_must_be_shorter_than_deadline() {
 
 #[test]
 fn tls_needs_cert_and_key() {
-    let text = GOOD.replace(
-        "addr = \"127.0.0.1:8080\"\n",
-        "addr = \"127.0.0.1:8080\"\ntls = { cert = \"a.pem\" }\n",
-    );
+    let text = GOOD
+        .replace("addr = \"127.0.0.1:8080\"\n", "addr = \"127.0.0.1:8080\"\ntls = { cert = \"a.pem\" }\n");
     let ((line, _), message) = single_error(&text);
     assert_eq!(line, 6, "{message}");
     assert!(message.contains("cert and key"), "{message}");

@@ -8,23 +8,19 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawRoute, RawTls, RawUpstream};
 use super::{
-    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Limits,
-    ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Limits, ListenConfig,
+    RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
 pub(super) fn validate(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_error(&e)])?;
-    let mut v = Validator {
-        path,
-        diagnostics: Vec::new(),
-    };
+    let mut v = Validator { path, diagnostics: Vec::new() };
     let config = v.config(raw);
     if v.diagnostics.is_empty() {
         Ok(config)
     } else {
-        v.diagnostics
-            .sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+        v.diagnostics.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
         Err(v.diagnostics)
     }
 }
@@ -50,8 +46,7 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn error<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::at(spanned.span(), message));
+        self.diagnostics.push(Diagnostic::at(spanned.span(), message));
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -59,15 +54,10 @@ impl Validator<'_> {
         let listeners = self.listeners(&raw.listen);
         let names: Vec<&str> = raw.upstream.keys().map(|k| k.get_ref().as_str()).collect();
         let routes = self.routes(&raw.route, &names);
-        let upstreams = raw
-            .upstream
-            .iter()
-            .map(|(name, upstream)| self.upstream(name.get_ref(), upstream))
-            .collect();
+        let upstreams =
+            raw.upstream.iter().map(|(name, upstream)| self.upstream(name.get_ref(), upstream)).collect();
         let drain = self.drain(&raw.drain.unwrap_or_default());
-        let admin = raw
-            .admin
-            .and_then(|a| self.socket_addr(&a.addr, "admin address"));
+        let admin = raw.admin.and_then(|a| self.socket_addr(&a.addr, "admin address"));
         let limits = self.limits(&raw.limits.unwrap_or_default());
         Config {
             path: self.path.to_owned(),
@@ -87,10 +77,7 @@ impl Validator<'_> {
             None => default,
             Some(n) if (1..=1024).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
-                self.error(
-                    n,
-                    format!("workers = {} is out of range: use 1 to 1024", n.get_ref()),
-                );
+                self.error(n, format!("workers = {} is out of range: use 1 to 1024", n.get_ref()));
                 default
             }
         }
@@ -137,17 +124,12 @@ impl Validator<'_> {
 
     fn tls(&mut self, raw: &Spanned<RawTls>) -> Option<TlsFiles> {
         let tls = raw.get_ref();
-        let handshake_timeout = self.duration(
-            tls.handshake_timeout.as_ref(),
-            "handshake_timeout",
-            secs(10),
-        );
+        let handshake_timeout = self.duration(tls.handshake_timeout.as_ref(), "handshake_timeout", secs(10));
         let certs = match (&tls.cert, &tls.key, &tls.certs) {
             (Some(cert), Some(key), None) => vec![self.cert_key(cert, key)],
-            (None, None, Some(list)) if !list.is_empty() => list
-                .iter()
-                .map(|ck| self.cert_key(&ck.get_ref().cert, &ck.get_ref().key))
-                .collect(),
+            (None, None, Some(list)) if !list.is_empty() => {
+                list.iter().map(|ck| self.cert_key(&ck.get_ref().cert, &ck.get_ref().key)).collect()
+            }
             _ => {
                 self.error(
                     raw,
@@ -157,10 +139,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        Some(TlsFiles {
-            certs,
-            handshake_timeout,
-        })
+        Some(TlsFiles { certs, handshake_timeout })
     }
 
     fn cert_key(&self, cert: &Spanned<String>, key: &Spanned<String>) -> CertKeyFiles {
@@ -180,34 +159,19 @@ impl Validator<'_> {
                 ),
             );
         }
-        let addrs = upstream
-            .addrs
-            .get_ref()
-            .iter()
-            .filter_map(|a| self.upstream_addr(a))
-            .collect();
+        let addrs = upstream.addrs.get_ref().iter().filter_map(|a| self.upstream_addr(a)).collect();
         if !upstream.tls {
             if let Some(ca) = &upstream.ca {
-                self.error(
-                    ca,
-                    format!("upstream \"{name}\": ca is only used with tls = true"),
-                );
+                self.error(ca, format!("upstream \"{name}\": ca is only used with tls = true"));
             }
         }
         UpstreamConfig {
             name: name.to_owned(),
             addrs,
             tls: upstream.tls,
-            ca: upstream
-                .ca
-                .as_ref()
-                .map(|ca| resolve_against(self.path, Path::new(ca.get_ref()))),
+            ca: upstream.ca.as_ref().map(|ca| resolve_against(self.path, Path::new(ca.get_ref()))),
             server_name: upstream.server_name.as_ref().map(|s| s.get_ref().clone()),
-            connect_timeout: self.duration(
-                upstream.connect_timeout.as_ref(),
-                "connect_timeout",
-                secs(2),
-            ),
+            connect_timeout: self.duration(upstream.connect_timeout.as_ref(), "connect_timeout", secs(2)),
             timeout: self.duration(upstream.timeout.as_ref(), "timeout", secs(60)),
         }
     }
@@ -218,17 +182,12 @@ impl Validator<'_> {
             return Some(UpstreamAddr::Ip(addr));
         }
         let parsed = text.rsplit_once(':').and_then(|(host, port)| {
-            let valid_host = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            let valid_host =
+                !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
             Some((host, port.parse::<u16>().ok()?)).filter(|_| valid_host)
         });
         match parsed {
-            Some((host, port)) => Some(UpstreamAddr::Name {
-                host: host.to_ascii_lowercase(),
-                port,
-            }),
+            Some((host, port)) => Some(UpstreamAddr::Name { host: host.to_ascii_lowercase(), port }),
             None => {
                 let message = format!(
                     "invalid upstream address {text:?}: expected HOST:PORT, like \"127.0.0.1:9000\" or \"backend.internal:9000\""
@@ -245,24 +204,14 @@ impl Validator<'_> {
                 "no [[route]] entry: every request would get 404; add one, like [[route]] upstream = \"legacy\"",
             ));
         }
-        raw.iter()
-            .filter_map(|route| self.route(route.get_ref(), names))
-            .collect()
+        raw.iter().filter_map(|route| self.route(route.get_ref(), names)).collect()
     }
 
     fn route(&mut self, route: &RawRoute, names: &[&str]) -> Option<RouteConfig> {
         let upstream = names.iter().position(|n| n == route.upstream.get_ref());
         if upstream.is_none() {
-            let defined = names
-                .iter()
-                .map(|n| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let defined = if defined.is_empty() {
-                "none".to_owned()
-            } else {
-                defined
-            };
+            let defined = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+            let defined = if defined.is_empty() { "none".to_owned() } else { defined };
             let message = format!(
                 "route names upstream \"{}\", which is not defined (defined: {defined})",
                 route.upstream.get_ref()
@@ -292,10 +241,7 @@ impl Validator<'_> {
             }
         }
         Some(RouteConfig {
-            host: route
-                .host
-                .as_ref()
-                .map(|h| h.get_ref().to_ascii_lowercase()),
+            host: route.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
             path_prefix: route.path_prefix.as_ref().map(|p| p.get_ref().clone()),
             upstream: upstream?,
         })
@@ -306,17 +252,17 @@ impl Validator<'_> {
         let grace = self.duration(raw.grace.as_ref(), "grace", Duration::ZERO);
         if let Some(g) = &raw.grace {
             if grace >= deadline {
-                self.error(
-                    g,
-                    "grace must be shorter than the drain deadline, which counts from the signal",
-                );
+                self.error(g, "grace must be shorter than the drain deadline, which counts from the signal");
             }
         }
         let close_reason = raw.close_reason.as_ref().map_or_else(
             || "server shutting down".to_owned(),
             |r| {
                 if r.get_ref().len() > 123 {
-                    self.error(r, "close_reason is too long: a Close frame carries at most 123 bytes of reason");
+                    self.error(
+                        r,
+                        "close_reason is too long: a Close frame carries at most 123 bytes of reason",
+                    );
                 }
                 r.get_ref().clone()
             },
@@ -328,11 +274,7 @@ impl Validator<'_> {
             close_code: self.close_code(raw.close_code.as_ref()),
             close_reason,
             idle_linger: self.duration(raw.idle_linger.as_ref(), "idle_linger", secs(1)),
-            close_timeout: self.positive_duration(
-                raw.close_timeout.as_ref(),
-                "close_timeout",
-                secs(5),
-            ),
+            close_timeout: self.positive_duration(raw.close_timeout.as_ref(), "close_timeout", secs(5)),
             close_spread: self.duration(raw.close_spread.as_ref(), "close_spread", Duration::ZERO),
         }
     }
@@ -367,10 +309,7 @@ impl Validator<'_> {
             None => 65_536,
             Some(n) if *n.get_ref() >= MIN_HEADER_BYTES => *n.get_ref() as usize,
             Some(n) => {
-                self.error(
-                    n,
-                    format!("max_header_bytes must be at least {MIN_HEADER_BYTES}"),
-                );
+                self.error(n, format!("max_header_bytes must be at least {MIN_HEADER_BYTES}"));
                 65_536
             }
         };
@@ -381,21 +320,12 @@ impl Validator<'_> {
                 "header_read_timeout",
                 secs(10),
             ),
-            idle_timeout: self.positive_duration(
-                raw.idle_timeout.as_ref(),
-                "idle_timeout",
-                secs(60),
-            ),
+            idle_timeout: self.positive_duration(raw.idle_timeout.as_ref(), "idle_timeout", secs(60)),
             max_header_bytes,
         }
     }
 
-    fn duration(
-        &mut self,
-        raw: Option<&Spanned<String>>,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
+    fn duration(&mut self, raw: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         match parse_duration(raw.get_ref()) {
             Ok(d) => d,
@@ -410,12 +340,7 @@ impl Validator<'_> {
         }
     }
 
-    fn positive_duration(
-        &mut self,
-        raw: Option<&Spanned<String>>,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
+    fn positive_duration(&mut self, raw: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {
         let d = self.duration(raw, key, default);
         if d.is_zero() {
             if let Some(raw) = raw {

@@ -70,24 +70,14 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A body streamed from the upstream.
     pub fn upstream(body: Incoming) -> Self {
-        ResponseBody {
-            inner: Inner::Upstream(body),
-            bytes: 0,
-            complete: false,
-            finish: None,
-        }
+        ResponseBody { inner: Inner::Upstream(body), bytes: 0, complete: false, finish: None }
     }
 
     /// A body lameduck writes itself.
     pub fn full(text: impl Into<Bytes>) -> Self {
         let text = text.into();
         let inner = Inner::Full((!text.is_empty()).then_some(text));
-        ResponseBody {
-            inner,
-            bytes: 0,
-            complete: false,
-            finish: None,
-        }
+        ResponseBody { inner, bytes: 0, complete: false, finish: None }
     }
 
     /// An empty body.
@@ -103,12 +93,7 @@ impl ResponseBody {
         pooled: Option<Pooled>,
         record: Option<AccessRecord>,
     ) {
-        self.finish = Some(Finish {
-            _request: request,
-            activity,
-            pooled,
-            record,
-        });
+        self.finish = Some(Finish { _request: request, activity, pooled, record });
     }
 }
 

@@ -42,12 +42,7 @@ impl ConnServer {
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
             .max_concurrent_streams(256);
-        ConnServer {
-            builder,
-            proxy,
-            limits: limits.clone(),
-            idle_linger,
-        }
+        ConnServer { builder, proxy, limits: limits.clone(), idle_linger }
     }
 
     /// Serves `io` until the client or the drain closes it. `guard` counts the connection
@@ -57,12 +52,7 @@ impl ConnServer {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new(ctx.h2));
-        let io = ConnIo::new(
-            io,
-            activity.clone(),
-            self.limits.header_read_timeout,
-            self.limits.idle_timeout,
-        );
+        let io = ConnIo::new(io, activity.clone(), self.limits.header_read_timeout, self.limits.idle_timeout);
         let conn_ctx = Arc::new(ConnCtx {
             peer: ctx.peer,
             tls: ctx.tls,
@@ -71,9 +61,7 @@ impl ConnServer {
             drain: drain.clone(),
         });
         let service = ProxyService::new(self.proxy.clone(), conn_ctx);
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
 
         let result = tokio::select! {

@@ -62,9 +62,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute | ProxyError::AmbiguousFraming => Side::Downstream,
             ProxyError::Draining => Side::Internal,
-            ProxyError::Unavailable { .. }
-            | ProxyError::Timeout { .. }
-            | ProxyError::Failed { .. } => Side::Upstream,
+            ProxyError::Unavailable { .. } | ProxyError::Timeout { .. } | ProxyError::Failed { .. } => {
+                Side::Upstream
+            }
         }
     }
 

@@ -116,9 +116,7 @@ impl RequestFraming {
             let used = match self.state {
                 State::Off => return,
                 State::Fixed(n) => self.skip_body(bytes, n, State::Fixed, State::Idle),
-                State::ChunkData(n) => {
-                    self.skip_body(bytes, n, State::ChunkData, State::ChunkDataEnd)
-                }
+                State::ChunkData(n) => self.skip_body(bytes, n, State::ChunkData, State::ChunkDataEnd),
                 State::Idle
                 | State::Head
                 | State::ChunkSize { .. }
@@ -131,11 +129,7 @@ impl RequestFraming {
 
     fn skip_body(&mut self, bytes: &[u8], left: u64, more: fn(u64) -> State, done: State) -> usize {
         let take = left.min(bytes.len() as u64);
-        self.state = if take == left {
-            done
-        } else {
-            more(left - take)
-        };
+        self.state = if take == left { done } else { more(left - take) };
         take as usize
     }
 
@@ -147,10 +141,7 @@ impl RequestFraming {
         let keep = part.len().min(LINE_KEEP - self.line_len);
         self.line[self.line_len..self.line_len + keep].copy_from_slice(&part[..keep]);
         self.line_len += keep;
-        if self.state == State::Idle
-            && !part.is_empty()
-            && !(self.line_len == 1 && part[0] == b'\r')
-        {
+        if self.state == State::Idle && !part.is_empty() && !(self.line_len == 1 && part[0] == b'\r') {
             self.state = State::Head;
         }
         match end {
@@ -175,12 +166,7 @@ impl RequestFraming {
             State::Idle => {}
             State::Head => self.head_line(line),
             State::ChunkSize { .. } => self.chunk_size_line(line),
-            State::ChunkDataEnd => {
-                self.state = State::ChunkSize {
-                    size: 0,
-                    ext: false,
-                }
-            }
+            State::ChunkDataEnd => self.state = State::ChunkSize { size: 0, ext: false },
             State::Trailers if line.is_empty() => self.state = State::Idle,
             _ => {}
         }
@@ -219,10 +205,7 @@ impl RequestFraming {
             // stop following this connection (hyper still frames its requests correctly).
             State::Off
         } else if head.transfer_encoding {
-            State::ChunkSize {
-                size: 0,
-                ext: false,
-            }
+            State::ChunkSize { size: 0, ext: false }
         } else {
             match head.content_length {
                 Some(n) if n > 0 => State::Fixed(n),
@@ -242,18 +225,13 @@ impl RequestFraming {
             };
             size = size.saturating_mul(16).saturating_add(u64::from(digit));
         }
-        self.state = if size == 0 {
-            State::Trailers
-        } else {
-            State::ChunkData(size)
-        };
+        self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
     }
 }
 
 /// The value of `line` if it is the header `name` (case-insensitive), with spaces trimmed.
 fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    if line.len() <= name.len() || line[name.len()] != b':' || !starts_with_ignore_case(line, name)
-    {
+    if line.len() <= name.len() || line[name.len()] != b':' || !starts_with_ignore_case(line, name) {
         return None;
     }
     Some(line[name.len() + 1..].trim_ascii())
@@ -268,8 +246,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
         return None;
     }
     digits.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
+        b.is_ascii_digit().then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
     })
 }
 
@@ -297,7 +274,8 @@ mod tests {
 
     #[test]
     fn follows_chunked_bodies_with_trailers() {
-        let stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+        let stream =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
         let f = feed_all(&[stream]);
         assert_eq!(f.heads(), 1);
         assert_eq!(f.position(), Position::Idle);

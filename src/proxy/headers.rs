@@ -21,13 +21,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ] {
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     if upgrade {
@@ -53,12 +47,7 @@ fn remove_named_by_connection(headers: &mut HeaderMap) {
 
 /// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the latter from the host the client asked for, if any).
-pub fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
     let client = client.to_canonical().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(previous) if !previous.is_empty() => {
@@ -86,10 +75,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
     }
@@ -113,11 +99,7 @@ mod tests {
 
     #[test]
     fn upgrade_requests_keep_upgrade() {
-        let mut h = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
-        ]);
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
@@ -126,10 +108,7 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_appended() {
-        let mut h = map(&[
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x-forwarded-host", "spoofed"),
-        ]);
+        let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-host", "spoofed")]);
         let host = HeaderValue::from_static("example.com");
         add_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false, Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");

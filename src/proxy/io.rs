@@ -124,10 +124,7 @@ impl<I> ConnIo<I> {
             Position::Idle if self.framing.heads() == 0 => {
                 Some((self.head_started + self.header_read_timeout, true))
             }
-            Position::Idle => self
-                .activity
-                .idle_since()
-                .map(|t| (t + self.idle_timeout, false)),
+            Position::Idle => self.activity.idle_since().map(|t| (t + self.idle_timeout, false)),
             Position::Body | Position::Off => None,
         }
     }
@@ -159,21 +156,14 @@ impl<I> ConnIo<I> {
             self.timer_at = Some(at);
         }
         ready!(self.timer.as_mut().poll(cx));
-        let what = if reading_head {
-            "request headers not received in time"
-        } else {
-            "idle keep-alive connection"
-        };
+        let what =
+            if reading_head { "request headers not received in time" } else { "idle keep-alive connection" };
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
     }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -193,11 +183,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 

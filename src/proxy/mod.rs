@@ -8,6 +8,7 @@
 
 mod body;
 pub mod conn;
+mod connect;
 mod error;
 mod framing;
 mod headers;
@@ -34,6 +35,7 @@ pub use io::ConnActivity;
 
 use crate::config::{Config, DrainConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
+use crate::tls::TlsMaterial;
 use body::AccessRecord;
 use route::Routes;
 use upstream::{Pooled, Upstream};
@@ -51,12 +53,18 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the routing table and upstream groups of `config`.
-    pub fn new(config: &Config) -> Self {
+    /// Builds the routing table and upstream groups of `config`, with `tls` client configs
+    /// for https upstreams.
+    pub fn new(config: &Config, tls: &TlsMaterial) -> Self {
         let retry_secs = config.drain.retry_after.as_secs_f64().ceil() as u64;
         Proxy {
             routes: Routes::new(config.routes.clone()),
-            upstreams: config.upstreams.iter().map(Upstream::new).collect(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .zip(&tls.upstreams)
+                .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
+                .collect(),
             retry_after: HeaderValue::from(retry_secs),
             drain: Arc::new(config.drain.clone()),
             access_log: tracing::enabled!(target: "lameduck::access", tracing::Level::INFO),
@@ -106,18 +114,12 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 }
 
 /// Answers one request, by forwarding it or by lameduck itself.
-async fn handle(
-    proxy: &Proxy,
-    conn: &Arc<ConnCtx>,
-    req: Request<Incoming>,
-) -> Response<ResponseBody> {
+async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
     let started = Instant::now();
     let request_guard = conn.drain.request_guard();
     let ambiguous = conn.activity.request_started();
     let h1 = req.version() < Version::HTTP_2;
-    let record = proxy
-        .access_log
-        .then(|| (req.method().clone(), req.uri().clone()));
+    let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone()));
 
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
@@ -137,8 +139,7 @@ async fn handle(
         }
     };
     if h1 && (ambiguous || conn.drain.phase().is_draining()) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let record = record.map(|(method, uri)| AccessRecord {
         method,
@@ -148,8 +149,7 @@ async fn handle(
         client: conn.peer,
         started,
     });
-    resp.body_mut()
-        .finish_with(request_guard, conn.activity.clone(), pooled, record);
+    resp.body_mut().finish_with(request_guard, conn.activity.clone(), pooled, record);
     resp
 }
 
@@ -172,10 +172,7 @@ fn error_response(e: &ProxyError, retry_after: &HeaderValue) -> Response<Respons
     let mut resp = Response::new(ResponseBody::full(e.body()));
     *resp.status_mut() = e.status();
     let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(header::RETRY_AFTER, retry_after.clone());
     }
@@ -193,10 +190,7 @@ async fn forward(
     let host = request_host(&req);
     let index = proxy
         .routes
-        .find(
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            req.uri().path(),
-        )
+        .find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let upstream = &proxy.upstreams[index];
 
@@ -205,12 +199,9 @@ async fn forward(
     rewrite_request(&mut req, conn, host, upgrade);
 
     let sent = tokio::time::timeout(upstream.timeout, upstream.send(req)).await;
-    let (mut resp, pooled) = sent.map_err(|_| ProxyError::Timeout {
-        upstream: upstream.name.clone(),
-    })??;
+    let (mut resp, pooled) = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
 
-    if let Some(client_upgrade) =
-        client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+    if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         headers::remove_hop_by_hop(resp.headers_mut(), true);
@@ -222,20 +213,12 @@ async fn forward(
             upstream_upgrade,
         );
         let (parts, _) = resp.into_parts();
-        return Ok((
-            Response::from_parts(parts, ResponseBody::empty()),
-            None,
-            upstream.name.clone(),
-        ));
+        return Ok((Response::from_parts(parts, ResponseBody::empty()), None, upstream.name.clone()));
     }
     headers::remove_hop_by_hop(resp.headers_mut(), false);
     // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
     *resp.version_mut() = Version::HTTP_11;
-    Ok((
-        resp.map(ResponseBody::upstream),
-        Some(pooled),
-        upstream.name.clone(),
-    ))
+    Ok((resp.map(ResponseBody::upstream), Some(pooled), upstream.name.clone()))
 }
 
 /// The host the client asked for: the request target's authority (absolute-form or HTTP/2
@@ -249,18 +232,9 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 
 /// Turns a downstream request into what the upstream gets: origin-form target, HTTP/1.1,
 /// `Host` set, hop-by-hop headers removed, `X-Forwarded-*` added, `Expect` answered by us.
-fn rewrite_request(
-    req: &mut Request<Incoming>,
-    conn: &ConnCtx,
-    host: Option<HeaderValue>,
-    upgrade: bool,
-) {
+fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<HeaderValue>, upgrade: bool) {
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let target = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let target = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(target);
     }
     *req.version_mut() = Version::HTTP_11;

@@ -44,11 +44,7 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, prefix: Option<&str>, upstream: usize) -> RouteConfig {
-        RouteConfig {
-            host: host.map(str::to_owned),
-            path_prefix: prefix.map(str::to_owned),
-            upstream,
-        }
+        RouteConfig { host: host.map(str::to_owned), path_prefix: prefix.map(str::to_owned), upstream }
     }
 
     #[test]

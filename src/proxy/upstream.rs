@@ -17,11 +17,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
+use super::connect::connect_io;
 use super::error::ProxyError;
 use crate::config::{UpstreamAddr, UpstreamConfig};
+use crate::tls::{self, UpstreamTls};
 
 /// Idle connections kept per address; more are closed.
 const MAX_IDLE_PER_ADDR: usize = 256;
@@ -41,7 +44,10 @@ pub struct Upstream {
 /// One address of a group with its idle connections.
 #[derive(Debug)]
 pub struct Target {
-    addr: UpstreamAddr,
+    /// Where to connect.
+    pub(super) addr: UpstreamAddr,
+    /// Set for https upstreams.
+    pub(super) tls: Option<UpstreamTls>,
     idle: Mutex<Vec<SendRequest<Incoming>>>,
 }
 
@@ -58,11 +64,7 @@ impl Pooled {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self
-            .target
-            .idle
-            .lock()
-            .expect("pool lock is never held across a panic");
+        let mut idle = self.target.idle.lock().expect("pool lock is never held across a panic");
         if idle.len() < MAX_IDLE_PER_ADDR {
             idle.push(self.sender);
         }
@@ -77,20 +79,19 @@ enum Attempt {
 }
 
 impl Upstream {
-    /// A group from its configuration.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// A group from its configuration; `tls` is its client config if it speaks https.
+    pub fn new(config: &UpstreamConfig, tls: Option<Arc<ClientConfig>>) -> Self {
+        let target = |addr: &UpstreamAddr| {
+            let tls = tls.as_ref().map(|client| UpstreamTls {
+                connector: TlsConnector::from(client.clone()),
+                server_name: tls::server_name(config, addr)
+                    .expect("server names are checked when TLS is loaded"),
+            });
+            Arc::new(Target { addr: addr.clone(), tls, idle: Mutex::new(Vec::new()) })
+        };
         Upstream {
             name: config.name.as_str().into(),
-            targets: config
-                .addrs
-                .iter()
-                .map(|addr| {
-                    Arc::new(Target {
-                        addr: addr.clone(),
-                        idle: Mutex::new(Vec::new()),
-                    })
-                })
-                .collect(),
+            targets: config.addrs.iter().map(target).collect(),
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
@@ -99,10 +100,7 @@ impl Upstream {
 
     /// Sends `req` to the next address in turn, failing over as described in the module doc.
     /// The connection comes back as [`Pooled`], to be released once the body was read whole.
-    pub async fn send(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Pooled), ProxyError> {
+    pub async fn send(&self, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Pooled), ProxyError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.targets.len() {
             let target = &self.targets[(first + i) % self.targets.len()];
@@ -124,9 +122,7 @@ impl Upstream {
                 (Attempt::NotSent(back), _) => req = back,
             }
         }
-        Err(ProxyError::Unavailable {
-            upstream: self.name.clone(),
-        })
+        Err(ProxyError::Unavailable { upstream: self.name.clone() })
     }
 
     async fn attempt(
@@ -135,10 +131,7 @@ impl Upstream {
         mut sender: SendRequest<Incoming>,
         req: Request<Incoming>,
     ) -> Result<(Attempt, Pooled), ProxyError> {
-        let pooled = |sender| Pooled {
-            target: target.clone(),
-            sender,
-        };
+        let pooled = |sender| Pooled { target: target.clone(), sender };
         if sender.ready().await.is_err() {
             return Ok((Attempt::NotSent(req), pooled(sender)));
         }
@@ -149,24 +142,18 @@ impl Upstream {
                 None => {
                     let source = e.into_error();
                     warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %source, "upstream request failed");
-                    Err(ProxyError::Failed {
-                        upstream: self.name.clone(),
-                        source,
-                    })
+                    Err(ProxyError::Failed { upstream: self.name.clone(), source })
                 }
             },
         }
     }
 
     async fn connect(&self, target: &Target) -> io::Result<SendRequest<Incoming>> {
-        let stream = tokio::time::timeout(self.connect_timeout, connect_tcp(&target.addr))
+        let stream = tokio::time::timeout(self.connect_timeout, connect_io(target))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(io::Error::other)?;
+        let (sender, conn) =
+            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
         let name = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
@@ -178,30 +165,11 @@ impl Upstream {
 }
 
 fn take_idle(target: &Target) -> Option<SendRequest<Incoming>> {
-    let mut idle = target
-        .idle
-        .lock()
-        .expect("pool lock is never held across a panic");
+    let mut idle = target.idle.lock().expect("pool lock is never held across a panic");
     while let Some(sender) = idle.pop() {
         if !sender.is_closed() {
             return Some(sender);
         }
     }
     None
-}
-
-async fn connect_tcp(addr: &UpstreamAddr) -> io::Result<TcpStream> {
-    match addr {
-        UpstreamAddr::Ip(addr) => TcpStream::connect(addr).await,
-        UpstreamAddr::Name { host, port } => {
-            let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no addresses"));
-            for resolved in tokio::net::lookup_host((host.as_str(), *port)).await? {
-                match TcpStream::connect(resolved).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        }
-    }
 }

@@ -175,10 +175,7 @@ impl FrameTracker {
 
     fn end_frame(&mut self) -> FrameEnd {
         self.state = State::Header { have: 0 };
-        FrameEnd {
-            opcode: self.opcode,
-            message_end: !self.in_message,
-        }
+        FrameEnd { opcode: self.opcode, message_end: !self.in_message }
     }
 }
 
@@ -254,13 +251,7 @@ mod tests {
     fn single_text_frame_is_a_message() {
         let mut t = FrameTracker::new();
         let got = ends(&mut t, &encode(true, OP_TEXT, 5, true));
-        assert_eq!(
-            got,
-            vec![FrameEnd {
-                opcode: OP_TEXT,
-                message_end: true
-            }]
-        );
+        assert_eq!(got, vec![FrameEnd { opcode: OP_TEXT, message_end: true }]);
         assert!(t.at_message_boundary());
     }
 
@@ -274,18 +265,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                FrameEnd {
-                    opcode: OP_BINARY,
-                    message_end: false
-                },
-                FrameEnd {
-                    opcode: OP_PING,
-                    message_end: false
-                },
-                FrameEnd {
-                    opcode: OP_CONTINUATION,
-                    message_end: true
-                },
+                FrameEnd { opcode: OP_BINARY, message_end: false },
+                FrameEnd { opcode: OP_PING, message_end: false },
+                FrameEnd { opcode: OP_CONTINUATION, message_end: true },
             ]
         );
     }
@@ -299,13 +281,7 @@ mod tests {
         assert!(!t.at_frame_boundary());
         let (used, end) = t.advance(&frame[100..]);
         assert_eq!(used, frame.len() - 100);
-        assert_eq!(
-            end,
-            Some(FrameEnd {
-                opcode: OP_BINARY,
-                message_end: true
-            })
-        );
+        assert_eq!(end, Some(FrameEnd { opcode: OP_BINARY, message_end: true }));
     }
 
     #[test]
@@ -331,21 +307,12 @@ mod tests {
 
     #[test]
     fn close_frames_encode_code_and_reason() {
-        assert_eq!(
-            close_frame(1001, "bye", None),
-            vec![0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
-        );
+        assert_eq!(close_frame(1001, "bye", None), vec![0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
         let masked = close_frame(1001, "bye", Some([1, 2, 3, 4]));
         assert_eq!(&masked[..6], &[0x88, 0x85, 1, 2, 3, 4]);
         assert_eq!(masked[6] ^ 1, 0x03);
         let mut t = FrameTracker::new();
-        assert_eq!(
-            ends(&mut t, &masked),
-            vec![FrameEnd {
-                opcode: OP_CLOSE,
-                message_end: true
-            }]
-        );
+        assert_eq!(ends(&mut t, &masked), vec![FrameEnd { opcode: OP_CLOSE, message_end: true }]);
     }
 
     /// One generated frame: final?, opcode, payload length, masked?

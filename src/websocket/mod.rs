@@ -61,12 +61,8 @@ pub fn spawn_tunnel(
                 return;
             }
         };
-        let tunnel = tunnel::Tunnel::new(
-            TokioIo::new(client),
-            TokioIo::new(upstream),
-            websocket,
-            drain_config,
-        );
+        let tunnel =
+            tunnel::Tunnel::new(TokioIo::new(client), TokioIo::new(upstream), websocket, drain_config);
         tunnel.run(drain, &guard).await;
         debug!(client.addr = %peer, "tunnel closed");
     });

@@ -25,8 +25,7 @@ thread_local! {
 }
 
 fn take_buf() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice())
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| vec![0; BUF_SIZE].into_boxed_slice())
 }
 
 fn give_buf(buf: Box<[u8]>) {
@@ -118,11 +117,7 @@ impl Pipe {
 
     /// True between frames with nothing of a frame buffered or half-written.
     pub fn at_frame_boundary(&self) -> bool {
-        self.pos == self.end
-            && self
-                .tracker
-                .as_ref()
-                .is_some_and(FrameTracker::at_frame_boundary)
+        self.pos == self.end && self.tracker.as_ref().is_some_and(FrameTracker::at_frame_boundary)
     }
 
     /// True once `src` has ended.
@@ -148,12 +143,7 @@ impl Pipe {
         }
     }
 
-    fn drive<S, D>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut S,
-        dst: &mut D,
-    ) -> Poll<io::Result<Event>>
+    fn drive<S, D>(&mut self, cx: &mut Context<'_>, src: &mut S, dst: &mut D) -> Poll<io::Result<Event>>
     where
         S: AsyncRead + Unpin,
         D: AsyncWrite + Unpin,
@@ -218,11 +208,7 @@ impl Pipe {
     }
 
     /// Reads into a borrowed buffer, giving it back if nothing came.
-    fn read<S: AsyncRead + Unpin>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut S,
-    ) -> Poll<io::Result<()>> {
+    fn read<S: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, src: &mut S) -> Poll<io::Result<()>> {
         let mut buf = take_buf();
         let mut read_buf = ReadBuf::new(&mut buf);
         match Pin::new(src).poll_read(cx, &mut read_buf) {
@@ -254,9 +240,7 @@ impl Pipe {
             Mode::StopAtBoundary { message: true } if tracker.at_message_boundary() => {
                 Some(Event::AtBoundary)
             }
-            Mode::StopAtBoundary { message: false } if tracker.at_frame_boundary() => {
-                Some(Event::AtBoundary)
-            }
+            Mode::StopAtBoundary { message: false } if tracker.at_frame_boundary() => Some(Event::AtBoundary),
             Mode::HoldBeforeClose if tracker.at_frame_boundary() && self.ready < self.end => {
                 let next = self.buf.as_ref().map(|b| b[self.ready])?;
                 (next & 0x0F == OP_CLOSE).then_some(Event::CloseNext)

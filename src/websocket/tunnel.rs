@@ -71,14 +71,7 @@ where
 {
     /// A tunnel between `client` and `upstream`; `websocket` makes it follow frames.
     pub fn new(client: C, upstream: U, websocket: bool, config: Arc<DrainConfig>) -> Self {
-        Tunnel {
-            client,
-            upstream,
-            up: Pipe::new(websocket),
-            down: Pipe::new(websocket),
-            websocket,
-            config,
-        }
+        Tunnel { client, upstream, up: Pipe::new(websocket), down: Pipe::new(websocket), websocket, config }
     }
 
     /// Relays until the tunnel ends; on drain, closes it as the module doc describes.
@@ -175,32 +168,17 @@ where
             return Err(self.relay_until_closed().await);
         }
         let mask = fastrand::u32(..).to_ne_bytes();
-        self.up.inject(close_frame(
-            self.config.close_code,
-            &self.config.close_reason,
-            Some(mask),
-        ));
+        self.up.inject(close_frame(self.config.close_code, &self.config.close_reason, Some(mask)));
         self.up.mode = Mode::DiscardUntilClose;
         self.down.mode = Mode::HoldBeforeClose;
-        self.wait_for(
-            Dir::Up,
-            give_up,
-            |e| matches!(e, Event::Injected),
-            "upstream not writable",
-        )
-        .await
+        self.wait_for(Dir::Up, give_up, |e| matches!(e, Event::Injected), "upstream not writable").await
     }
 
     /// Step 2: relay the upstream's frames to the client until the upstream's Close.
     async fn await_upstream_close(&mut self) -> Result<(), End> {
         let give_up = Instant::now() + self.config.close_timeout;
         let answered = self
-            .wait_for(
-                Dir::Down,
-                give_up,
-                |e| matches!(e, Event::CloseNext),
-                "no close from upstream",
-            )
+            .wait_for(Dir::Down, give_up, |e| matches!(e, Event::CloseNext), "no close from upstream")
             .await;
         if answered.is_ok() {
             self.down.mode = Mode::DiscardUntilClose;
@@ -224,19 +202,9 @@ where
     /// Step 3: the Close to the client, then its answer.
     async fn close_client(&mut self) -> End {
         let give_up = Instant::now() + self.config.close_timeout;
-        self.down.inject(close_frame(
-            self.config.close_code,
-            &self.config.close_reason,
-            None,
-        ));
-        if let Err(end) = self
-            .wait_for(
-                Dir::Down,
-                give_up,
-                |e| matches!(e, Event::Injected),
-                "client not writable",
-            )
-            .await
+        self.down.inject(close_frame(self.config.close_code, &self.config.close_reason, None));
+        if let Err(end) =
+            self.wait_for(Dir::Down, give_up, |e| matches!(e, Event::Injected), "client not writable").await
         {
             return end;
         }
@@ -245,12 +213,7 @@ where
             return End::Handshake;
         }
         match self
-            .wait_for(
-                Dir::Up,
-                give_up,
-                |e| matches!(e, Event::CloseDropped),
-                "no close from client",
-            )
+            .wait_for(Dir::Up, give_up, |e| matches!(e, Event::CloseDropped), "no close from client")
             .await
         {
             Ok(()) => End::Handshake,

@@ -18,9 +18,7 @@ use peers::*;
 const REASON: &str = "bye now";
 
 fn drain_tail(extra: &str) -> String {
-    format!(
-        "[drain]\ndeadline = \"10s\"\nclose_reason = \"{REASON}\"\nclose_timeout = \"3s\"\n{extra}"
-    )
+    format!("[drain]\ndeadline = \"10s\"\nclose_reason = \"{REASON}\"\nclose_timeout = \"3s\"\n{extra}")
 }
 
 fn payload(len: usize, seed: usize) -> Vec<u8> {
@@ -29,11 +27,7 @@ fn payload(len: usize, seed: usize) -> Vec<u8> {
 
 /// The n-th test message: mostly small, every 50th up to 1 MiB, text and binary.
 fn nth_message(i: usize) -> Message {
-    let len = if i % 50 == 0 {
-        (i * 7919) % (1 << 20) + 1
-    } else {
-        (i * 131) % 4000
-    };
+    let len = if i % 50 == 0 { (i * 7919) % (1 << 20) + 1 } else { (i * 131) % 4000 };
     if i % 2 == 0 {
         Message::Text("é".repeat(len / 2))
     } else {
@@ -52,13 +46,7 @@ async fn send_fragmented(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>,
     let parts = [&data[..third], &data[third..2 * third], &data[2 * third..]];
     for (i, part) in parts.iter().enumerate() {
         let opcode = OpCode::Data(if i == 0 { kind } else { Data::Continue });
-        ws.send(Message::Frame(Frame::message(
-            part.to_vec(),
-            opcode,
-            i == 2,
-        )))
-        .await
-        .expect("send fragment");
+        ws.send(Message::Frame(Frame::message(part.to_vec(), opcode, i == 2))).await.expect("send fragment");
     }
 }
 
@@ -74,21 +62,11 @@ async fn websocket_echo_relays_mixed_messages_fragments_and_pings() {
         } else {
             ws.send(msg.clone()).await.expect("send");
         }
-        let echoed = timeout(PROMPT, ws.next())
-            .await
-            .expect("echo in time")
-            .expect("open")
-            .expect("ok");
+        let echoed = timeout(PROMPT, ws.next()).await.expect("echo in time").expect("open").expect("ok");
         assert_eq!(echoed, msg, "message {i}");
         if i % 100 == 0 {
-            ws.send(Message::Ping(vec![i as u8, 7]))
-                .await
-                .expect("ping");
-            let pong = timeout(PROMPT, ws.next())
-                .await
-                .expect("pong in time")
-                .expect("open")
-                .expect("ok");
+            ws.send(Message::Ping(vec![i as u8, 7])).await.expect("ping");
+            let pong = timeout(PROMPT, ws.next()).await.expect("pong in time").expect("open").expect("ok");
             assert_eq!(pong, Message::Pong(vec![i as u8, 7]));
         }
     }
@@ -110,9 +88,7 @@ async fn websocket_permessage_deflate_is_negotiated_end_to_end() {
         let mut input = data.to_vec();
         input.extend_from_slice(&[0, 0, 0xff, 0xff]);
         let mut out = Vec::with_capacity(64 * 1024);
-        Decompress::new(false)
-            .decompress_vec(&input, &mut out, FlushDecompress::Sync)
-            .expect("inflate");
+        Decompress::new(false).decompress_vec(&input, &mut out, FlushDecompress::Sync).expect("inflate");
         out
     }
     const EXT: &str = "Sec-WebSocket-Extensions: permessage-deflate\r\n";
@@ -121,47 +97,24 @@ async fn websocket_permessage_deflate_is_negotiated_end_to_end() {
     let proxy = Lameduck::start(&config(&[backend_addr], "", &drain_tail(""))).await;
     let backend = tokio::spawn(async move {
         let (mut stream, head) = raw_server_handshake(&listener, EXT).await;
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("sec-websocket-extensions: permessage-deflate"),
-            "{head}"
-        );
+        assert!(head.to_ascii_lowercase().contains("sec-websocket-extensions: permessage-deflate"), "{head}");
         let got = read_frame(&mut stream).await.expect("compressed frame");
-        assert_eq!(
-            got.first, 0xC1,
-            "FIN, RSV1 (compressed) and text must arrive untouched"
-        );
-        assert_eq!(
-            inflate(&got.payload),
-            b"hello hello hello hello compressed world".to_vec()
-        );
+        assert_eq!(got.first, 0xC1, "FIN, RSV1 (compressed) and text must arrive untouched");
+        assert_eq!(inflate(&got.payload), b"hello hello hello hello compressed world".to_vec());
         let reply = deflate(&payload(10_000, 3));
         stream.write_all(&frame(0xC2, &reply, None)).await.unwrap();
         let _ = stream.read(&mut [0u8; 1]).await;
     });
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     let head = raw_client_handshake(&mut client, EXT).await;
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("sec-websocket-extensions: permessage-deflate"),
-        "{head}"
-    );
+    assert!(head.to_ascii_lowercase().contains("sec-websocket-extensions: permessage-deflate"), "{head}");
     let compressed = deflate(b"hello hello hello hello compressed world");
-    client
-        .write_all(&frame(0xC1, &compressed, Some([9, 8, 7, 6])))
-        .await
-        .unwrap();
-    let reply = timeout(PROMPT, read_frame(&mut client))
-        .await
-        .expect("reply in time")
-        .expect("reply");
+    client.write_all(&frame(0xC1, &compressed, Some([9, 8, 7, 6]))).await.unwrap();
+    let reply = timeout(PROMPT, read_frame(&mut client)).await.expect("reply in time").expect("reply");
     assert_eq!(reply.first, 0xC2);
     assert_eq!(inflate(&reply.payload), payload(10_000, 3));
     drop(client);
-    timeout(PROMPT, backend)
-        .await
-        .expect("backend done")
-        .expect("backend assertions");
+    timeout(PROMPT, backend).await.expect("backend done").expect("backend assertions");
 }
 
 /// Two upstreams: `/push` to a pushing backend, everything else to an echo backend.
@@ -176,32 +129,20 @@ fn two_backends(echo: &WsBackend, push: &WsBackend, drain: &str) -> String {
 #[tokio::test]
 async fn drain_sends_close_1001_to_both_sides() {
     let mut echo = WsBackend::start(Behaviour::Echo).await;
-    let mut push = WsBackend::start(Behaviour::Push {
-        every: Duration::from_millis(10),
-    })
-    .await;
+    let mut push = WsBackend::start(Behaviour::Push { every: Duration::from_millis(10) }).await;
     let mut proxy = Lameduck::start(&two_backends(&echo, &push, &drain_tail(""))).await;
 
     let mut echo_clients = Vec::new();
     for i in 0..3 {
         let mut ws = ws_client(proxy.addr).await;
         ws.send(Message::Text(format!("hi {i}"))).await.unwrap();
-        assert_eq!(
-            ws.next().await.unwrap().unwrap(),
-            Message::Text(format!("hi {i}"))
-        );
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Text(format!("hi {i}")));
         echo_clients.push(ws);
     }
     let mut pushed = ws_client_at(proxy.addr, "/push").await;
     let mut received = Vec::new();
     while received.len() < 5 {
-        received.push(
-            timeout(PROMPT, pushed.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap(),
-        );
+        received.push(timeout(PROMPT, pushed.next()).await.unwrap().unwrap().unwrap());
     }
 
     proxy.sigterm();
@@ -215,15 +156,10 @@ async fn drain_sends_close_1001_to_both_sides() {
     let last_client_close = Instant::now();
     tokio::spawn(async move { while pushed.next().await.is_some() {} });
     received.extend(more);
-    let numbers: Vec<u64> = received
-        .iter()
-        .map(|m| m.to_text().expect("text").parse().expect("a number"))
-        .collect();
+    let numbers: Vec<u64> =
+        received.iter().map(|m| m.to_text().expect("text").parse().expect("a number")).collect();
     let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
-    assert_eq!(
-        numbers, expected,
-        "every pushed message, in order, none lost"
-    );
+    assert_eq!(numbers, expected, "every pushed message, in order, none lost");
 
     for _ in 0..3 {
         let close = echo.next_close(PROMPT).await;
@@ -238,16 +174,9 @@ async fn drain_sends_close_1001_to_both_sides() {
     );
 
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
-    assert!(
-        last_client_close.elapsed() < Duration::from_secs(2),
-        "exit right after the last handshake"
-    );
+    assert!(last_client_close.elapsed() < Duration::from_secs(2), "exit right after the last handshake");
     let summary = proxy.summary().await;
-    assert_eq!(
-        field_f64(&summary, "tunnels.closed"),
-        Some(4.0),
-        "{summary}"
-    );
+    assert_eq!(field_f64(&summary, "tunnels.closed"), Some(4.0), "{summary}");
 }
 
 #[tokio::test]
@@ -266,27 +195,17 @@ async fn drain_lets_16mib_messages_in_flight_finish_before_the_close() {
         let (mut rd, wr) = stream.into_split();
         let writer = tokio::spawn(send_in_two_halves(wr, payload(SIZE, 1), None, backend_go));
         let msg = read_split_frame(&mut rd, backend_has_part).await;
-        assert!(
-            msg.first == 0x82 && msg.payload == payload(SIZE, 2),
-            "the client's 16 MiB arrived intact"
-        );
+        assert!(msg.first == 0x82 && msg.payload == payload(SIZE, 2), "the client's 16 MiB arrived intact");
         let close = read_frame(&mut rd).await.expect("close after the message");
         assert_eq!(close.close_code(), Some(1001));
         let mut wr = writer.await.unwrap();
-        wr.write_all(&frame(0x88, &close.payload, None))
-            .await
-            .unwrap();
+        wr.write_all(&frame(0x88, &close.payload, None)).await.unwrap();
     });
 
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     raw_client_handshake(&mut stream, "").await;
     let (mut rd, wr) = stream.into_split();
-    let client_writer = tokio::spawn(send_in_two_halves(
-        wr,
-        payload(SIZE, 2),
-        Some([1, 2, 3, 4]),
-        go_rx,
-    ));
+    let client_writer = tokio::spawn(send_in_two_halves(wr, payload(SIZE, 2), Some([1, 2, 3, 4]), go_rx));
     let client_reader = tokio::spawn(async move {
         let msg = read_split_frame(&mut rd, client_has_part).await;
         (rd, msg)
@@ -299,23 +218,12 @@ async fn drain_lets_16mib_messages_in_flight_finish_before_the_close() {
     proxy.wait_for_message("draining").await;
     go_tx.send(true).unwrap();
     let (mut rd, msg) = timeout(secs(10), client_reader).await.unwrap().unwrap();
-    assert!(
-        msg.first == 0x82 && msg.payload == payload(SIZE, 1),
-        "the backend's 16 MiB arrived intact"
-    );
-    let close = timeout(PROMPT, read_frame(&mut rd))
-        .await
-        .unwrap()
-        .expect("close");
+    assert!(msg.first == 0x82 && msg.payload == payload(SIZE, 1), "the backend's 16 MiB arrived intact");
+    let close = timeout(PROMPT, read_frame(&mut rd)).await.unwrap().expect("close");
     assert_eq!(close.close_code(), Some(1001));
     let mut wr = client_writer.await.unwrap();
-    wr.write_all(&frame(0x88, &close.payload, Some([5, 6, 7, 8])))
-        .await
-        .unwrap();
-    timeout(PROMPT, backend)
-        .await
-        .expect("backend done")
-        .expect("backend assertions");
+    wr.write_all(&frame(0x88, &close.payload, Some([5, 6, 7, 8]))).await.unwrap();
+    timeout(PROMPT, backend).await.expect("backend done").expect("backend assertions");
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
 }
 
@@ -328,13 +236,9 @@ async fn send_in_two_halves(
     mut go: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::net::tcp::OwnedWriteHalf {
     if let Some(key) = mask {
-        data.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b ^= key[i % 4]);
+        data.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
     }
-    wr.write_all(&frame_header(0x82, data.len(), mask))
-        .await
-        .unwrap();
+    wr.write_all(&frame_header(0x82, data.len(), mask)).await.unwrap();
     wr.write_all(&data[..data.len() / 2]).await.unwrap();
     go.wait_for(|go| *go).await.unwrap();
     wr.write_all(&data[data.len() / 2..]).await.unwrap();
@@ -359,14 +263,9 @@ async fn read_split_frame<R: AsyncReadExt + Unpin>(
     part.send(()).unwrap();
     r.read_exact(&mut data[1 << 20..]).await.unwrap();
     if h[1] & 0x80 != 0 {
-        data.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b ^= key[i % 4]);
+        data.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
     }
-    RawFrame {
-        first: h[0],
-        payload: data,
-    }
+    RawFrame { first: h[0], payload: data }
 }
 
 /// A raw client that completes the handshake and then never answers anything.
@@ -378,33 +277,23 @@ async fn deaf_client(addr: std::net::SocketAddr) -> TcpStream {
 
 /// Reads the Close, then waits for the connection to be cut; returns the time in between.
 async fn close_then_cut(stream: &mut TcpStream) -> Duration {
-    let close = timeout(PROMPT, read_frame(stream))
-        .await
-        .expect("close in time")
-        .expect("close");
+    let close = timeout(PROMPT, read_frame(stream)).await.expect("close in time").expect("close");
     assert_eq!(close.close_code(), Some(1001));
     let got_close = Instant::now();
     let mut rest = Vec::new();
-    let _ = timeout(secs(15), stream.read_to_end(&mut rest))
-        .await
-        .expect("the connection is cut");
+    let _ = timeout(secs(15), stream.read_to_end(&mut rest)).await.expect("the connection is cut");
     got_close.elapsed()
 }
 
 #[tokio::test]
 async fn drain_cuts_a_client_that_ignores_the_close_after_close_timeout() {
     let backend = WsBackend::start(Behaviour::Echo).await;
-    let tail = format!(
-        "[drain]\ndeadline = \"10s\"\nclose_timeout = \"1s\"\nclose_reason = \"{REASON}\"\n"
-    );
+    let tail = format!("[drain]\ndeadline = \"10s\"\nclose_timeout = \"1s\"\nclose_reason = \"{REASON}\"\n");
     let mut proxy = Lameduck::start(&config(&[backend.addr], "", &tail)).await;
     let mut client = deaf_client(proxy.addr).await;
     proxy.sigterm();
     let waited = close_then_cut(&mut client).await;
-    assert!(
-        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
-        "cut after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(3), "cut after {waited:?}");
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
 }
 
@@ -418,22 +307,15 @@ async fn drain_cuts_a_deaf_client_at_the_deadline_with_status_2() {
     proxy.sigterm();
     close_then_cut(&mut client).await;
     let cut_after = signalled.elapsed();
-    assert!(
-        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(4),
-        "{cut_after:?}"
-    );
+    assert!(cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(4), "{cut_after:?}");
     assert_eq!(proxy.exit_within(PROMPT).await, 2);
 }
 
 #[tokio::test]
 async fn drain_spreads_close_frames_over_close_spread() {
     let backend = WsBackend::start(Behaviour::Echo).await;
-    let mut proxy = Lameduck::start(&config(
-        &[backend.addr],
-        "",
-        &drain_tail("close_spread = \"2s\"\n"),
-    ))
-    .await;
+    let mut proxy =
+        Lameduck::start(&config(&[backend.addr], "", &drain_tail("close_spread = \"2s\"\n"))).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         let mut ws = ws_client(proxy.addr).await;
@@ -461,15 +343,9 @@ async fn drain_spreads_close_frames_over_close_spread() {
         times.push(at);
     }
     times.sort();
-    let early = times
-        .iter()
-        .filter(|t| **t < Duration::from_millis(100))
-        .count();
+    let early = times.iter().filter(|t| **t < Duration::from_millis(100)).count();
     assert!(early < 5, "not all in the first 100 ms: {times:?}");
-    assert!(
-        *times.last().unwrap() < Duration::from_millis(2600),
-        "all within the window: {times:?}"
-    );
+    assert!(*times.last().unwrap() < Duration::from_millis(2600), "all within the window: {times:?}");
     assert!(
         *times.last().unwrap() > Duration::from_millis(1500),
         "spread to the end of the window: {times:?}"
@@ -484,8 +360,7 @@ async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         read_head(&mut stream).await;
-        let resp =
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n";
+        let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n";
         stream.write_all(resp.as_bytes()).await.unwrap();
         let mut buf = [0u8; 1024];
         loop {
@@ -495,8 +370,7 @@ async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline
             }
         }
     });
-    let mut proxy =
-        Lameduck::start(&config(&[backend_addr], "", "[drain]\ndeadline = \"1s\"\n")).await;
+    let mut proxy = Lameduck::start(&config(&[backend_addr], "", "[drain]\ndeadline = \"1s\"\n")).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client
         .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n")
@@ -515,19 +389,11 @@ async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline
     proxy.sigterm();
     proxy.wait_for_message("draining").await;
     client.write_all(b"more").await.unwrap();
-    timeout(PROMPT, client.read_exact(&mut echo))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        &echo, b"more",
-        "a raw tunnel keeps relaying during the drain"
-    );
+    timeout(PROMPT, client.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"more", "a raw tunnel keeps relaying during the drain");
     assert_eq!(proxy.exit_within(secs(4)).await, 2);
     let mut rest = Vec::new();
-    let _ = timeout(PROMPT, client.read_to_end(&mut rest))
-        .await
-        .expect("cut");
+    let _ = timeout(PROMPT, client.read_to_end(&mut rest)).await.expect("cut");
     assert!(rest.is_empty());
 }
 
@@ -553,10 +419,7 @@ async fn garbage_after_a_101_is_relayed_raw_and_breaks_nothing() {
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
         raw_client_handshake(&mut client, "").await;
         let mut got = vec![0u8; GARBAGE.len()];
-        timeout(PROMPT, client.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(PROMPT, client.read_exact(&mut got)).await.unwrap().unwrap();
         assert_eq!(got, GARBAGE);
         client.write_all(b"\x00\x01 more garbage").await.unwrap();
     }

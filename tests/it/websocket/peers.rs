@@ -38,9 +38,7 @@ pub enum Behaviour {
 
 impl WsBackend {
     pub async fn start(behaviour: Behaviour) -> WsBackend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let (tx, closes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -83,10 +81,7 @@ async fn echo(mut ws: Ws) -> BackendClose {
                 let frame = close_parts(frame);
                 // tungstenite queued the Close answer; drive the stream until it has gone out.
                 while ws.next().await.is_some() {}
-                return BackendClose {
-                    frame,
-                    last_sent: None,
-                };
+                return BackendClose { frame, last_sent: None };
             }
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
                 if ws.send(m).await.is_err() {
@@ -97,10 +92,7 @@ async fn echo(mut ws: Ws) -> BackendClose {
             Err(_) => break,
         }
     }
-    BackendClose {
-        frame: None,
-        last_sent: None,
-    }
+    BackendClose { frame: None, last_sent: None }
 }
 
 async fn push(mut ws: Ws, every: Duration) -> BackendClose {
@@ -129,10 +121,9 @@ async fn push(mut ws: Ws, every: Duration) -> BackendClose {
 
 /// A tungstenite client connected through lameduck at `addr`.
 pub async fn ws_client(addr: SocketAddr) -> Ws {
-    let (ws, resp) =
-        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), connect(addr).await)
-            .await
-            .expect("websocket handshake through lameduck");
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), connect(addr).await)
+        .await
+        .expect("websocket handshake through lameduck");
     assert_eq!(resp.status(), 101);
     ws
 }
@@ -145,10 +136,7 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads messages until a Close arrives; returns the data messages before it and the Close.
-pub async fn read_until_close(
-    ws: &mut Ws,
-    within: Duration,
-) -> (Vec<Message>, Option<(u16, String)>) {
+pub async fn read_until_close(ws: &mut Ws, within: Duration) -> (Vec<Message>, Option<(u16, String)>) {
     let mut before = Vec::new();
     let result = tokio::time::timeout(within, async {
         while let Some(msg) = ws.next().await {
@@ -231,15 +219,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<RawF
     let mut payload = vec![0u8; len as usize];
     r.read_exact(&mut payload).await?;
     if h[1] & 0x80 != 0 {
-        payload
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b ^= key[i % 4]);
+        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= key[i % 4]);
     }
-    Ok(RawFrame {
-        first: h[0],
-        payload,
-    })
+    Ok(RawFrame { first: h[0], payload })
 }
 
 /// The client half of a handshake over a raw socket; returns the response head.
@@ -248,10 +230,7 @@ pub async fn raw_client_handshake(stream: &mut TcpStream, extra_headers: &str) -
         "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .expect("send handshake");
+    stream.write_all(req.as_bytes()).await.expect("send handshake");
     let head = read_head(stream).await;
     assert!(head.starts_with("HTTP/1.1 101"), "no 101: {head}");
     head
@@ -259,18 +238,12 @@ pub async fn raw_client_handshake(stream: &mut TcpStream, extra_headers: &str) -
 
 /// Accepts one connection on `listener` and answers its handshake with a 101 carrying
 /// `extra_headers`; returns the stream and the request head.
-pub async fn raw_server_handshake(
-    listener: &TcpListener,
-    extra_headers: &str,
-) -> (TcpStream, String) {
+pub async fn raw_server_handshake(listener: &TcpListener, extra_headers: &str) -> (TcpStream, String) {
     let (mut stream, _) = listener.accept().await.expect("accept");
     let head = read_head(&mut stream).await;
     let key = head
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("sec-websocket-key: ")
-                .or_else(|| l.strip_prefix("Sec-WebSocket-Key: "))
-        })
+        .find_map(|l| l.strip_prefix("sec-websocket-key: ").or_else(|| l.strip_prefix("Sec-WebSocket-Key: ")))
         .expect("a Sec-WebSocket-Key header");
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -296,10 +269,9 @@ pub async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> Str
 
 /// A tungstenite client for `path` through lameduck at `addr`.
 pub async fn ws_client_at(addr: SocketAddr, path: &str) -> Ws {
-    let (ws, resp) =
-        tokio_tungstenite::client_async(format!("ws://{addr}{path}"), connect(addr).await)
-            .await
-            .expect("websocket handshake through lameduck");
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), connect(addr).await)
+        .await
+        .expect("websocket handshake through lameduck");
     assert_eq!(resp.status(), 101);
     ws
 }
