@@ -6,4 +6,5 @@ mod bad_input;
 mod drain;
 mod harness;
 mod proxy;
+mod tls;
 mod websocket;

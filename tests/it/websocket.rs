@@ -1,6 +1,6 @@
 //! WebSocket tunnels through lameduck: relaying, and the close handshake on drain.
 
-mod peers;
+pub mod peers;
 
 use std::time::Duration;
 

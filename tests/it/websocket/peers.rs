@@ -136,7 +136,10 @@ async fn connect(addr: SocketAddr) -> TcpStream {
 }
 
 /// Reads messages until a Close arrives; returns the data messages before it and the Close.
-pub async fn read_until_close(ws: &mut Ws, within: Duration) -> (Vec<Message>, Option<(u16, String)>) {
+pub async fn read_until_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    within: Duration,
+) -> (Vec<Message>, Option<(u16, String)>) {
     let mut before = Vec::new();
     let result = tokio::time::timeout(within, async {
         while let Some(msg) = ws.next().await {
