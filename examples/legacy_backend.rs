@@ -31,23 +31,16 @@ type Body = BoxBody<Bytes, Infallible>;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9000".into())
-        .parse()
-        .expect("an IP:PORT");
+    let addr: SocketAddr =
+        std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into()).parse().expect("an IP:PORT");
     let listener = TcpListener::bind(addr).await?;
-    println!(
-        "legacy backend on http://{addr} (no graceful shutdown: SIGTERM kills it mid-request)"
-    );
+    println!("legacy backend on http://{addr} (no graceful shutdown: SIGTERM kills it mid-request)");
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(req, addr));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -74,18 +67,10 @@ async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>
             Response::new(BodyExt::boxed(StreamBody::new(lines)))
         }
         ("POST", "/echo") => {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             Response::new(Full::new(body).boxed())
         }
-        _ => text(
-            StatusCode::OK,
-            format!("hello from the legacy backend at {me}\n"),
-        ),
+        _ => text(StatusCode::OK, format!("hello from the legacy backend at {me}\n")),
     })
 }
 
@@ -98,10 +83,7 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 /// Answers a WebSocket handshake and serves the connection once upgraded.
 fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "not a websocket handshake\n".into(),
-        );
+        return text(StatusCode::BAD_REQUEST, "not a websocket handshake\n".into());
     };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -136,9 +118,6 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let headers = resp.headers_mut();
     headers.insert("upgrade", "websocket".parse().expect("static"));
     headers.insert("connection", "upgrade".parse().expect("static"));
-    headers.insert(
-        "sec-websocket-accept",
-        derive_accept_key(key.as_bytes()).parse().expect("base64"),
-    );
+    headers.insert("sec-websocket-accept", derive_accept_key(key.as_bytes()).parse().expect("base64"));
     resp
 }

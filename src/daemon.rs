@@ -1,8 +1,10 @@
-//! The daemon's lifecycle: bind, serve, and on a signal drain and decide the exit status.
+//! The daemon's lifecycle: open listeners, serve, reload on SIGHUP, and on a drain signal
+//! drain and decide the exit status.
 //!
 //! ```text
 //!  Serving --SIGTERM/SIGINT--> Grace --grace over--> Draining --count == 0--> exit 0
-//!                                                       `--deadline--> cut all, exit 2
+//!     |                                                 `--deadline--> cut all, exit 2
+//!     `--SIGHUP, successor ready--> HandedOver (drains like Draining, but forwards)
 //!  a second SIGTERM/SIGINT at any point after the first ------------> exit 2 at once
 //! ```
 //! Signal handlers are installed before anything is bound, so an early signal drains too.
@@ -10,21 +12,25 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::drain::{Drain, Phase};
+use crate::listener::{Acceptor, Stop};
 use crate::metrics::Metrics;
 use crate::proxy::conn::ConnServer;
 use crate::proxy::Proxy;
+use crate::reexec::Program;
+use crate::systemd::{Inherited, Notifier};
 use crate::tls::TlsMaterial;
 use crate::{admin, listener};
 
@@ -57,6 +63,8 @@ pub enum StartupError {
         /// Why it failed.
         source: io::Error,
     },
+    /// Inherited sockets and `[[listen]]` entries do not fit together.
+    Sockets(Vec<String>),
     /// The runtime or the signal handlers could not be set up.
     Setup(io::Error),
     /// Certificates, keys or CA files could not be used.
@@ -67,6 +75,7 @@ impl fmt::Display for StartupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartupError::Bind { addr, .. } => write!(f, "cannot listen on \"{addr}\""),
+            StartupError::Sockets(problems) => write!(f, "inherited sockets: {}", problems.join("; ")),
             StartupError::Setup(_) => f.write_str("cannot set up the runtime"),
             StartupError::Tls(problems) => write!(f, "tls: {}", problems.join("; ")),
         }
@@ -77,51 +86,110 @@ impl std::error::Error for StartupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartupError::Bind { source, .. } | StartupError::Setup(source) => Some(source),
-            StartupError::Tls(_) => None,
+            StartupError::Sockets(_) | StartupError::Tls(_) => None,
         }
     }
 }
 
-/// Runs the daemon from a validated config until it has drained.
-pub fn run(config: Config) -> Result<Outcome, StartupError> {
+/// Runs the daemon from a validated config until it has drained. `inherited` holds the
+/// sockets and the readiness pipe handed over at start (see [`crate::systemd`]).
+pub fn run(config: Config, inherited: Inherited) -> Result<Outcome, StartupError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
         .build()
         .map_err(StartupError::Setup)?;
-    let outcome = runtime.block_on(serve(config));
+    let outcome = runtime.block_on(serve(config, inherited));
     // Whatever is still open now is cut: do not wait for it.
     runtime.shutdown_background();
     outcome
 }
 
-/// The drain signals: SIGTERM and SIGINT.
+/// The signals the daemon reacts to.
 struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
     fn install() -> io::Result<Self> {
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
     /// Resolves at the next SIGTERM or SIGINT, with the signal's name.
-    async fn next(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
+    async fn drain_signal(&mut self) -> &'static str {
+        next_drain_signal(&mut self.term, &mut self.int).await
     }
 }
 
-async fn serve(config: Config) -> Result<Outcome, StartupError> {
+/// SIGTERM or SIGINT, whichever comes first (a free function, so that `select!` can borrow
+/// the SIGHUP stream beside it).
+async fn next_drain_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// What ended the serving phase.
+enum Trigger {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A successor (this pid) serves now.
+    HandedOver(u32),
+}
+
+/// The serving daemon: what the drain needs once serving ends.
+struct Running {
+    config: Config,
+    drain: Drain,
+    /// Tells the accept loops to stop; they end by closing their listeners.
+    stop: watch::Sender<Stop>,
+    accept_loops: Vec<JoinHandle<()>>,
+    listener_fds: Vec<RawFd>,
+    notifier: Notifier,
+}
+
+async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, StartupError> {
     let mut signals = Signals::install().map_err(StartupError::Setup)?;
+    let notifier = Notifier::from_env();
+    let running = match start(config, &mut inherited, notifier).await {
+        Ok(running) => running,
+        Err(e) => {
+            inherited.report_to_predecessor(&format!("{e}\n"));
+            return Err(e);
+        }
+    };
+    let status = serving_status(&running.drain);
+    if inherited.ready_pipe.is_some() {
+        notifier.ready_as_main(&status);
+    } else {
+        notifier.ready(&status);
+    }
+    inherited.report_to_predecessor("ready\n");
+    crate::systemd::spawn_reporters(running.drain.watch(), notifier);
+
+    let trigger = serve_until_trigger(&running, &mut signals).await;
+    Ok(drain_and_exit(running, &mut signals, trigger).await)
+}
+
+/// Opens the listeners and starts accepting; everything before "ready".
+async fn start(
+    config: Config,
+    inherited: &mut Inherited,
+    notifier: Notifier,
+) -> Result<Running, StartupError> {
     let tls = TlsMaterial::load(&config).map_err(StartupError::Tls)?;
     for warning in &tls.warnings {
         warn!(warning = %warning, "tls");
     }
-    let listeners = bind_all(&config)?;
+    let sockets = std::mem::take(&mut inherited.sockets);
+    let opened = listener::open_all(&config, sockets, notifier)?;
     let admin_listener = match &config.admin {
         Some(admin) => Some(bind_tokio(admin.addr)?),
         None => None,
@@ -132,10 +200,16 @@ async fn serve(config: Config) -> Result<Outcome, StartupError> {
     let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut accept_loops = Vec::new();
-    for (listener, tls) in listeners.into_iter().zip(tls.listeners) {
+    let mut listener_fds = Vec::new();
+    let (stop, stop_rx) = watch::channel(Stop::No);
+    for ((opened, tls), entry) in opened.into_iter().zip(tls.listeners).zip(&config.listeners) {
+        let listener = TcpListener::from_std(opened.listener)
+            .map_err(|source| StartupError::Bind { addr: entry.addr, source })?;
         let addr = listener.local_addr().map_err(StartupError::Setup)?;
-        info!(listener.addr = %addr, tls = tls.is_some(), "listening");
-        let task = listener::accept_loop(listener, tls, server.clone(), drain.watch(), slots.clone());
+        info!(listener.addr = %addr, tls = tls.is_some(), source = opened.source, "listening");
+        listener_fds.push(listener.as_raw_fd());
+        let acceptor = Acceptor { tls, server: server.clone(), drain: drain.watch(), slots: slots.clone() };
+        let task = listener::accept_loop(listener, acceptor, stop_rx.clone());
         accept_loops.push(tokio::spawn(task));
     }
     log_routes(&config);
@@ -145,14 +219,54 @@ async fn serve(config: Config) -> Result<Outcome, StartupError> {
         let metrics = Arc::new(Metrics::new(drain.watch()));
         tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));
     }
-    info!(workers = config.workers, "ready");
-
-    let signal = signals.next().await;
-    Ok(drain_and_exit(&config, &drain, &mut signals, accept_loops, signal).await)
+    info!(workers = config.workers, pid = std::process::id(), "ready");
+    Ok(Running { config, drain, stop, accept_loops, listener_fds, notifier })
 }
 
-fn bind_all(config: &Config) -> Result<Vec<TcpListener>, StartupError> {
-    config.listeners.iter().map(|l| bind_tokio(l.addr)).collect()
+fn serving_status(drain: &Drain) -> String {
+    format!("serving: {} connections", drain.snapshot().open)
+}
+
+/// Serves until a drain signal, or until a successor started by SIGHUP is ready.
+async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigger {
+    let program = Program::current();
+    let (reload_tx, mut reload_rx) = mpsc::channel::<Result<u32, String>>(1);
+    let mut reloading = false;
+    loop {
+        tokio::select! {
+            signal = next_drain_signal(&mut signals.term, &mut signals.int) => return Trigger::Signal(signal),
+            _ = signals.hup.recv() => {
+                if reloading {
+                    info!("reload already under way; SIGHUP ignored");
+                    continue;
+                }
+                let program = match &program {
+                    Ok(program) => program.clone(),
+                    Err(e) => {
+                        error!(error = %e, "cannot reload: the path of the running binary is unknown");
+                        continue;
+                    }
+                };
+                info!("reload: starting a new process with the listening sockets");
+                running.notifier.reloading();
+                reloading = true;
+                let (fds, tx) = (running.listener_fds.clone(), reload_tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(program.spawn_successor(&fds).await).await;
+                });
+            }
+            Some(result) = reload_rx.recv() => {
+                reloading = false;
+                match result {
+                    Ok(pid) => return Trigger::HandedOver(pid),
+                    Err(e) => {
+                        error!(error = %e, "reload failed; this process goes on serving");
+                        running.notifier.ready(&serving_status(&running.drain));
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn bind_tokio(addr: SocketAddr) -> Result<TcpListener, StartupError> {
@@ -162,59 +276,75 @@ fn bind_tokio(addr: SocketAddr) -> Result<TcpListener, StartupError> {
 
 fn log_routes(config: &Config) {
     for route in &config.routes {
+        let upstream = &config.upstreams[route.upstream];
+        let addrs: Vec<String> = upstream.addrs.iter().map(ToString::to_string).collect();
         info!(
             route.host = route.host.as_deref().unwrap_or("*"),
             route.path_prefix = route.path_prefix.as_deref().unwrap_or("/"),
-            upstream.name = %config.upstreams[route.upstream].name,
-            upstream.addrs = %config.upstreams[route.upstream].addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            upstream.name = %upstream.name,
+            upstream.addrs = %addrs.join(","),
             "route"
         );
     }
 }
 
-/// Runs the drain after the first signal and returns how it ended.
-async fn drain_and_exit(
-    config: &Config,
-    drain: &Drain,
-    signals: &mut Signals,
-    accept_loops: Vec<JoinHandle<()>>,
-    signal: &str,
-) -> Outcome {
+/// Runs the drain after `trigger` and returns how it ended.
+async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
+    let Running { config, drain, stop, accept_loops, notifier, .. } = running;
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
-    info!(
-        signal,
-        grace_secs = config.drain.grace.as_secs_f64(),
-        deadline_secs = config.drain.deadline.as_secs_f64(),
-        "drain started"
-    );
+    let (phase, grace, notifier, stop_mode) = match trigger {
+        Trigger::Signal(signal) => {
+            info!(
+                signal,
+                grace_secs = config.drain.grace.as_secs_f64(),
+                deadline_secs = config.drain.deadline.as_secs_f64(),
+                "drain started"
+            );
+            notifier.stopping();
+            (Phase::Draining, config.drain.grace, notifier, Stop::TakeBacklogAndClose)
+        }
+        Trigger::HandedOver(pid) => {
+            info!(
+                successor.pid = pid,
+                deadline_secs = config.drain.deadline.as_secs_f64(),
+                "handed over to the new process; draining"
+            );
+            // The successor is systemd's main process now; status lines are its to send.
+            (Phase::HandedOver, Duration::ZERO, Notifier::disabled(), Stop::Close)
+        }
+    };
 
     let outcome = 'drain: {
-        if !config.drain.grace.is_zero() {
+        if !grace.is_zero() {
             drain.set_phase(Phase::Grace);
             info!("grace");
             tokio::select! {
-                _ = tokio::time::sleep(config.drain.grace) => {}
-                second = signals.next() => break 'drain cut_by_signal(second),
+                _ = tokio::time::sleep(grace) => {}
+                second = signals.drain_signal() => break 'drain cut_by_signal(second),
             }
         }
-        drain.set_phase(Phase::Draining);
+        // Close the listeners before any connection learns of the drain: a client told
+        // `Connection: close` must find the port refusing, not a backlog about to be reset.
+        stop.send_replace(stop_mode);
         for task in accept_loops {
-            // The loops end at once on the phase change; joining them means the listeners are closed.
             let _ = task.await;
         }
+        drain.set_phase(phase);
         let s = drain.snapshot();
         info!(open = s.open, in_flight = s.in_flight, tunnels = s.tunnels, "draining");
+        let reporter = crate::systemd::report_drain(drain.watch(), notifier, deadline);
         tokio::select! {
             _ = drain.all_closed() => Outcome::Drained,
             _ = tokio::time::sleep_until(deadline) => {
                 warn!(open = drain.snapshot().open, "drain deadline passed; cutting what is left");
                 Outcome::Cut
             }
-            second = signals.next() => cut_by_signal(second),
+            second = signals.drain_signal() => cut_by_signal(second),
+            _ = reporter => unreachable!("the drain reporter runs until the drain ends"),
         }
     };
-    log_summary(drain, started.elapsed(), outcome);
+    log_summary(&drain, started.elapsed(), outcome);
     outcome
 }
 
@@ -225,15 +355,15 @@ fn cut_by_signal(signal: &str) -> Outcome {
 
 fn log_summary(drain: &Drain, took: Duration, outcome: Outcome) {
     let s = drain.snapshot();
-    let cut = if outcome == Outcome::Cut { s.open } else { 0 };
+    let cut = |n| if outcome == Outcome::Cut { n } else { 0 };
     info!(
         exit.status = outcome.exit_code(),
         drain.secs = took.as_secs_f64(),
         requests.completed = s.completed_after_signal,
         requests.rejected = s.rejected,
         tunnels.closed = s.tunnels_closed,
-        tunnels.cut = if outcome == Outcome::Cut { s.tunnels } else { 0 },
-        connections.cut = cut,
+        tunnels.cut = cut(s.tunnels),
+        connections.cut = cut(s.open),
         "exit"
     );
 }

@@ -12,6 +12,8 @@
 //! - [`listener`]: binding and the accept loop.
 //! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools, error answers.
 //! - [`websocket`]: upgraded connections; the frame-boundary tracker and the tunnel relay.
+//! - [`systemd`]: sd_notify, socket activation, the fd store, the watchdog.
+//! - [`reexec`]: zero-downtime re-exec on SIGHUP.
 //! - [`tls`]: rustls configs for TLS listeners (SNI) and https upstreams.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: text or JSON log lines.
@@ -32,6 +34,8 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reexec;
+pub mod systemd;
 pub mod tls;
 pub mod websocket;
 

@@ -8,15 +8,19 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, warn};
 
+use crate::config::Config;
+use crate::daemon::StartupError;
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::proxy::conn::{ConnInfo, ConnServer};
+use crate::systemd::{InheritedSocket, Notifier, Origin};
 use crate::tls::ListenerTls;
 
 /// Kernel accept queue length; the backlog is what holds clients while lameduck is at its
@@ -39,49 +43,170 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A configured listener, opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// The listening socket.
+    pub listener: std::net::TcpListener,
+    /// Where it came from, for the start-up log: `bound`, `socket-activation`, `fd-store`,
+    /// or `predecessor`.
+    pub source: &'static str,
+}
+
+/// Opens every `[[listen]]` entry, in config order: from an inherited socket bound to its
+/// address where there is one (an entry with port 0 takes any inherited socket on its IP),
+/// else by binding it. Under socket activation every entry must have a socket and every
+/// socket an entry; sockets from the fd store or a predecessor that the config no longer
+/// names are closed. Newly bound sockets are parked in systemd's fd store.
+pub fn open_all(
+    config: &Config,
+    inherited: Vec<InheritedSocket>,
+    notifier: Notifier,
+) -> Result<Vec<Opened>, StartupError> {
+    let strict = inherited.iter().any(|s| s.origin == Origin::SocketUnit);
+    let mut pool: Vec<Option<InheritedSocket>> = inherited.into_iter().map(Some).collect();
+    let mut take = |pred: &dyn Fn(&InheritedSocket) -> bool| {
+        let index = pool.iter().position(|s| s.as_ref().is_some_and(pred))?;
+        pool[index].take()
+    };
+    let mut found: Vec<Option<InheritedSocket>> =
+        config.listeners.iter().map(|entry| take(&|s: &InheritedSocket| s.addr == entry.addr)).collect();
+    for (slot, entry) in found.iter_mut().zip(&config.listeners) {
+        if slot.is_none() && entry.addr.port() == 0 {
+            *slot = take(&|s: &InheritedSocket| s.addr.ip() == entry.addr.ip());
+        }
+    }
+
+    let mut problems = Vec::new();
+    for left in pool.into_iter().flatten() {
+        match left.origin {
+            Origin::SocketUnit => problems.push(format!(
+                "socket-activated fd \"{}\" is bound to {}, which no [[listen]] entry names: add [[listen]] addr = \"{}\" or remove it from the socket unit",
+                left.name, left.addr, left.addr
+            )),
+            Origin::FdStore => {
+                info!(listener.addr = %left.addr, "closing a parked listener the config no longer names");
+                notifier.unstore_listener(left.addr);
+            }
+            Origin::Predecessor => info!(listener.addr = %left.addr, "closing an inherited listener the config no longer names"),
+        }
+    }
+    let mut opened = Vec::new();
+    for (slot, entry) in found.into_iter().zip(&config.listeners) {
+        match slot {
+            Some(socket) => {
+                opened.push(Opened { listener: socket.listener, source: source_name(socket.origin) })
+            }
+            None if strict => problems.push(format!(
+                "[[listen]] addr = \"{}\" has no socket from systemd: add ListenStream={} to the socket unit",
+                entry.addr, entry.addr
+            )),
+            None => {
+                let listener =
+                    bind(entry.addr).map_err(|source| StartupError::Bind { addr: entry.addr, source })?;
+                notifier.store_listener(listener.as_fd(), listener.local_addr().unwrap_or(entry.addr));
+                opened.push(Opened { listener, source: "bound" });
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(opened)
+    } else {
+        Err(StartupError::Sockets(problems))
+    }
+}
+
+fn source_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::SocketUnit => "socket-activation",
+        Origin::FdStore => "fd-store",
+        Origin::Predecessor => "predecessor",
+    }
+}
+
+/// What the daemon tells accept loops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep accepting.
+    No,
+    /// Stop: accept what already waits in the kernel backlog (those clients connected before
+    /// the drain and get served), then close the listener.
+    TakeBacklogAndClose,
+    /// Stop and close the listener at once (a successor shares the socket and takes the backlog).
+    Close,
+}
+
+/// Everything a listener's connections are served with.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    /// Set for TLS listeners.
+    pub tls: Option<ListenerTls>,
+    /// Serves accepted connections.
+    pub server: Arc<ConnServer>,
+    /// Registers each connection with the drain.
+    pub drain: DrainWatch,
+    /// `max_connections` slots.
+    pub slots: Arc<Semaphore>,
+}
+
 /// Accepts connections on `listener` and serves each on its own task (after a TLS handshake
-/// when `tls` is set), until draining starts.
-pub async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<ListenerTls>,
-    server: Arc<ConnServer>,
-    mut drain: DrainWatch,
-    slots: Arc<Semaphore>,
-) {
-    loop {
+/// when the listener has TLS), until `stop` says otherwise; then closes the listener.
+pub async fn accept_loop(listener: TcpListener, acceptor: Acceptor, mut stop: watch::Receiver<Stop>) {
+    let stopped = loop {
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the connection semaphore is never closed"),
-            _ = drain.reached(Phase::Draining) => return,
+            slot = acceptor.slots.clone().acquire_owned() => slot.expect("the connection semaphore is never closed"),
+            stop = stop.wait_for(|s| *s != Stop::No) => break stop.map_or(Stop::Close, |s| *s),
         };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = drain.reached(Phase::Draining) => return,
+            stop = stop.wait_for(|s| *s != Stop::No) => break stop.map_or(Stop::Close, |s| *s),
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let guard = drain.conn_guard(Some(slot));
-                let server = server.clone();
-                let drain = drain.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = stream.set_nodelay(true) {
-                        debug!(client.addr = %peer, error = %e, "set TCP_NODELAY failed");
-                    }
-                    match tls {
-                        None => {
-                            let info = ConnInfo { peer, tls: false, h2: false };
-                            server.serve(stream, info, guard, drain).await;
-                        }
-                        Some(tls) => serve_tls(&server, &tls, stream, peer, guard, drain).await,
-                    }
-                });
-            }
+            Ok((stream, peer)) => acceptor.spawn_connection(stream, peer, slot),
             Err(e) if is_out_of_fds(&e) => {
                 warn!(error = %e, backoff_ms = FD_EXHAUSTED_BACKOFF.as_millis() as u64, "out of file descriptors; pausing accept");
                 tokio::time::sleep(FD_EXHAUSTED_BACKOFF).await;
             }
             Err(e) => debug!(error = %e, "accept failed"),
         }
+    };
+    if stopped == Stop::TakeBacklogAndClose {
+        take_backlog(listener, &acceptor);
+    }
+}
+
+/// Accepts every connection already waiting in the backlog (a plain non-blocking `accept`
+/// until it would block), so that closing the listener resets no client that connected
+/// before the drain.
+fn take_backlog(listener: TcpListener, acceptor: &Acceptor) {
+    let Ok(listener) = listener.into_std() else { return };
+    while let Ok(slot) = acceptor.slots.clone().try_acquire_owned() {
+        let Ok((stream, peer)) = listener.accept() else { break };
+        let stream = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+        match stream {
+            Ok(stream) => acceptor.spawn_connection(stream, peer, slot),
+            Err(e) => debug!(client.addr = %peer, error = %e, "cannot adopt a connection from the backlog"),
+        }
+    }
+}
+
+impl Acceptor {
+    /// Registers `stream` with the drain and serves it on its own task.
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
+        let guard = self.drain.conn_guard(Some(slot));
+        let (server, drain, tls) = (self.server.clone(), self.drain.clone(), self.tls.clone());
+        tokio::spawn(async move {
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(client.addr = %peer, error = %e, "set TCP_NODELAY failed");
+            }
+            match tls {
+                None => {
+                    let info = ConnInfo { peer, tls: false, h2: false };
+                    server.serve(stream, info, guard, drain).await;
+                }
+                Some(tls) => serve_tls(&server, &tls, stream, peer, guard, drain).await,
+            }
+        });
     }
 }
 

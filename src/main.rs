@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lameduck::logging::{self, LogFormat};
+use lameduck::systemd::Inherited;
 use lameduck::tls::TlsMaterial;
 use lameduck::Config;
 
@@ -30,10 +31,19 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: take the sockets systemd or a predecessor handed over.
+    let mut inherited = match Inherited::take() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("lameduck: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
+            inherited.report_to_predecessor(&format!("{e}\n"));
             return ExitCode::from(1);
         }
     };
@@ -44,7 +54,7 @@ fn main() -> ExitCode {
         eprintln!("lameduck: {e}");
         return ExitCode::from(1);
     }
-    match lameduck::run(config) {
+    match lameduck::run(config, inherited) {
         Ok(outcome) => ExitCode::from(outcome.exit_code() as u8),
         Err(e) => {
             tracing::error!(error = %e, cause = %error_chain(&e), "start-up failed");

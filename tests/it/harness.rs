@@ -17,13 +17,19 @@ mod client;
 mod daemon;
 mod raw;
 
+// The harness's API: not every test module names every type.
+#[allow(unused_imports)]
 pub use backend::{Backend, Blackhole, DeadPort, Recorded, Req};
+#[allow(unused_imports)]
 pub use body::{
-    dripping_body, dying_body, empty, full, gate, pattern_body, pattern_chunk, Body, BoxError,
-    Gate, Opener, PatternCheck,
+    dripping_body, dying_body, empty, full, gate, pattern_body, pattern_chunk, Body, BoxError, Gate, Opener,
+    PatternCheck,
 };
+#[allow(unused_imports)]
 pub use client::{fetch, tapped_h2, Fetched, FrameTap, H1Client, H2Client};
-pub use daemon::{field_f64, field_str, message, Finished, Lameduck, Logs};
+#[allow(unused_imports)]
+pub use daemon::{field_f64, field_str, is_access_line, message, Finished, Lameduck, Logs};
+#[allow(unused_imports)]
 pub use raw::{raw_get, raw_request, RawConn, RawResponse};
 
 use std::net::SocketAddr;

@@ -65,12 +65,8 @@ impl Recorded {
 
     /// Every value of `name`, joined with ", " (how repeated headers combine).
     pub fn header(&self, name: &str) -> Option<String> {
-        let values: Vec<&str> = self
-            .headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().expect("header is ascii"))
-            .collect();
+        let values: Vec<&str> =
+            self.headers.get_all(name).iter().map(|v| v.to_str().expect("header is ascii")).collect();
         (!values.is_empty()).then(|| values.join(", "))
     }
 }
@@ -142,19 +138,12 @@ impl Backend {
         F: Fn(Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
         let state = Arc::new(State::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let accept = tokio::spawn(accept_loop(listener, Arc::new(handler), state.clone(), tx));
-        Backend {
-            addr,
-            state,
-            arrivals: tokio::sync::Mutex::new(rx),
-            accept,
-        }
+        Backend { addr, state, arrivals: tokio::sync::Mutex::new(rx), accept }
     }
 
     /// Answers every request with `name` as its body.
@@ -220,11 +209,7 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-fn record(
-    req: Request<Incoming>,
-    state: &State,
-    arrivals: &mpsc::UnboundedSender<Recorded>,
-) -> Req {
+fn record(req: Request<Incoming>, state: &State, arrivals: &mpsc::UnboundedSender<Recorded>) -> Req {
     let (parts, inner) = req.into_parts();
     let body = Arc::new(Mutex::new(BodyRecord::default()));
     let recorded = Recorded {
@@ -236,13 +221,7 @@ fn record(
     };
     state.requests.lock().unwrap().push(recorded.clone());
     let _ = arrivals.send(recorded);
-    Request::from_parts(
-        parts,
-        Recording {
-            inner,
-            record: body,
-        },
-    )
+    Request::from_parts(parts, Recording { inner, record: body })
 }
 
 /// An address that refuses connections: a port bound (so nobody else gets it)
@@ -257,10 +236,7 @@ impl DeadPort {
         let socket = TcpSocket::new_v4().expect("socket");
         socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
         let addr = socket.local_addr().expect("addr");
-        DeadPort {
-            addr,
-            _socket: socket,
-        }
+        DeadPort { addr, _socket: socket }
     }
 }
 
@@ -285,13 +261,7 @@ impl Blackhole {
             match timeout(ms(500), TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => fillers.push(stream),
                 Ok(Err(e)) => panic!("blackhole {addr}: connect failed instead of hanging: {e}"),
-                Err(_) => {
-                    return Blackhole {
-                        addr,
-                        _listener: listener,
-                        _fillers: fillers,
-                    }
-                }
+                Err(_) => return Blackhole { addr, _listener: listener, _fillers: fillers },
             }
         }
         panic!("blackhole {addr}: the accept queue never filled")

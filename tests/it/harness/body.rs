@@ -19,15 +19,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Full::new(data.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 pub fn empty() -> Body {
-    Empty::new()
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Empty::new().map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 fn from_stream<S>(chunks: S) -> Body

@@ -35,9 +35,18 @@ impl Fetched {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ascii header"))
+        self.headers.get(name).map(|v| v.to_str().expect("ascii header"))
+    }
+}
+
+/// A response head within `within`, every failure as text.
+async fn bounded(
+    exchange: impl std::future::Future<Output = Result<Response<Incoming>, hyper::Error>>,
+    within: Duration,
+) -> Result<Response<Incoming>, String> {
+    match timeout(within, exchange).await {
+        Ok(result) => result.map_err(|e| format!("request: {e}")),
+        Err(_) => Err(format!("no response head within {within:?}")),
     }
 }
 
@@ -49,11 +58,7 @@ pub async fn fetch(response: Response<Incoming>, within: Duration) -> Result<Fet
         Ok(Err(e)) => return Err(format!("body: {e}")),
         Err(_) => return Err(format!("body: not complete within {within:?}")),
     };
-    Ok(Fetched {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    Ok(Fetched { status: parts.status, headers: parts.headers, body })
 }
 
 async fn connect(addr: SocketAddr) -> TcpStream {
@@ -75,7 +80,8 @@ pub struct H1Client {
 impl H1Client {
     pub async fn connect(addr: SocketAddr) -> H1Client {
         let io = TokioIo::new(connect(addr).await);
-        let (send, conn) = http1::handshake(io).await.expect("http1 handshake");
+        let handshake = timeout(PROMPT, http1::handshake(io)).await;
+        let (send, conn) = handshake.expect("http1 handshake in time").expect("http1 handshake");
         let conn = tokio::spawn(conn);
         H1Client { send, conn, addr }
     }
@@ -91,16 +97,46 @@ impl H1Client {
     }
 
     /// Sends `req` and returns the response head (the body still streams).
-    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
-        self.send.ready().await?;
-        self.send.send_request(req).await
+    /// Sends `req`; the response head (its body still streams) or an error,
+    /// within [`PROMPT`].
+    pub async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>, String> {
+        self.send_within(req, PROMPT).await
+    }
+
+    pub async fn send_within(
+        &mut self,
+        req: Request<Body>,
+        within: Duration,
+    ) -> Result<Response<Incoming>, String> {
+        let exchange = async {
+            self.send.ready().await?;
+            self.send.send_request(req).await
+        };
+        bounded(exchange, within).await
     }
 
     pub async fn get(&mut self, path: &str) -> Fetched {
         let req = self.request("GET", path, empty());
-        let response = timeout(PROMPT, self.send(req)).await;
-        let response = response.expect("response within PROMPT").expect("response");
+        let response = self.send(req).await.expect("response");
         fetch(response, PROMPT).await.expect("whole body")
+    }
+
+    /// Moves the client into a task that sends `req` and fetches the whole
+    /// response (all within `within`), so the test can go on meanwhile.
+    pub fn spawn_fetch(
+        mut self,
+        req: Request<Body>,
+        within: Duration,
+    ) -> JoinHandle<Result<Fetched, String>> {
+        tokio::spawn(async move {
+            let exchange = async {
+                let response = self.send_within(req, within).await?;
+                fetch(response, within).await
+            };
+            timeout(within, exchange)
+                .await
+                .unwrap_or_else(|_| Err(format!("no whole response within {within:?}")))
+        })
     }
 }
 
@@ -120,15 +156,11 @@ impl H2Client {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .expect("h2 handshake");
+        let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(io));
+        let handshake = timeout(PROMPT, handshake).await;
+        let (send, conn) = handshake.expect("h2 handshake in time").expect("h2 handshake");
         let conn = tokio::spawn(conn);
-        H2Client {
-            send,
-            conn,
-            authority,
-        }
+        H2Client { send, conn, authority }
     }
 
     /// A request for `path` on `http://<authority>` (h2 needs absolute URIs).
@@ -136,13 +168,7 @@ impl H2Client {
         self.request_to(&self.authority, method, path, body)
     }
 
-    pub fn request_to(
-        &self,
-        authority: &str,
-        method: &str,
-        path: &str,
-        body: Body,
-    ) -> Request<Body> {
+    pub fn request_to(&self, authority: &str, method: &str, path: &str, body: Body) -> Request<Body> {
         Request::builder()
             .method(method)
             .uri(format!("http://{authority}{path}"))
@@ -150,17 +176,37 @@ impl H2Client {
             .expect("valid request")
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, hyper::Error> {
+    /// Sends `req` on a new stream; the response head or an error (a refused
+    /// stream, GOAWAY), within [`PROMPT`].
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, String> {
         let mut send = self.send.clone();
-        send.ready().await?;
-        send.send_request(req).await
+        let exchange = async move {
+            send.ready().await?;
+            send.send_request(req).await
+        };
+        bounded(exchange, PROMPT).await
     }
 
     pub async fn get(&self, path: &str) -> Fetched {
         let req = self.request("GET", path, empty());
-        let response = timeout(PROMPT, self.send(req)).await;
-        let response = response.expect("response within PROMPT").expect("response");
+        let response = self.send(req).await.expect("response");
         fetch(response, PROMPT).await.expect("whole body")
+    }
+
+    /// Sends `req` on its own stream in a task and fetches the whole
+    /// response (all within `within`), so the test can go on meanwhile.
+    pub fn spawn_fetch(&self, req: Request<Body>, within: Duration) -> JoinHandle<Result<Fetched, String>> {
+        let mut send = self.send.clone();
+        tokio::spawn(async move {
+            let exchange = async {
+                send.ready().await.map_err(|e| format!("ready: {e}"))?;
+                let response = send.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+                fetch(response, within).await
+            };
+            timeout(within, exchange)
+                .await
+                .unwrap_or_else(|_| Err(format!("no whole response within {within:?}")))
+        })
     }
 }
 
@@ -168,10 +214,7 @@ impl H2Client {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameTap {
     /// GOAWAY: last stream id the server will process, error code.
-    GoAway {
-        last_stream_id: u32,
-        error_code: u32,
-    },
+    GoAway { last_stream_id: u32, error_code: u32 },
     /// RST_STREAM: stream id, error code.
     Reset { stream_id: u32, error_code: u32 },
     /// Any other frame type.
@@ -204,10 +247,7 @@ pub async fn tapped_h2(addr: SocketAddr) -> (H2Client, mpsc::UnboundedReceiver<F
         }
         let _ = relay_write.shutdown().await;
     });
-    (
-        H2Client::over(client_side, addr.to_string()).await,
-        frames_rx,
-    )
+    (H2Client::over(client_side, addr.to_string()).await, frames_rx)
 }
 
 /// Decodes one whole frame off the front of `pending`, if there is one.
@@ -225,14 +265,10 @@ fn next_frame(pending: &mut BytesMut) -> Option<FrameTap> {
     let _flags = frame.get_u8();
     let stream_id = frame.get_u32() & 0x7fff_ffff;
     Some(match kind {
-        0x3 => FrameTap::Reset {
-            stream_id,
-            error_code: frame.get_u32(),
-        },
-        0x7 => FrameTap::GoAway {
-            last_stream_id: frame.get_u32() & 0x7fff_ffff,
-            error_code: frame.get_u32(),
-        },
+        0x3 => FrameTap::Reset { stream_id, error_code: frame.get_u32() },
+        0x7 => {
+            FrameTap::GoAway { last_stream_id: frame.get_u32() & 0x7fff_ffff, error_code: frame.get_u32() }
+        }
         _ => FrameTap::Other { kind, stream_id },
     })
 }

@@ -77,25 +77,37 @@ impl Logs {
         self.lines.lock().unwrap().clone()
     }
 
-    fn find(&self, pred: &impl Fn(&Value) -> bool) -> Option<Value> {
-        self.lines.lock().unwrap().iter().find(|l| pred(l)).cloned()
+    /// How many lines have been logged so far (see [`Logs::try_wait_for_after`]).
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn find(&self, from: usize, pred: &impl Fn(&Value) -> bool) -> Option<Value> {
+        let lines = self.lines.lock().unwrap();
+        lines.iter().skip(from).find(|l| pred(l)).cloned()
     }
 
     /// The first line (already logged or still to come) matching `pred`.
-    pub async fn try_wait_for(
+    pub async fn try_wait_for(&self, pred: impl Fn(&Value) -> bool, within: Duration) -> Option<Value> {
+        self.try_wait_for_after(0, pred, within).await
+    }
+
+    /// The first line after the first `mark` lines matching `pred`.
+    pub async fn try_wait_for_after(
         &self,
+        mark: usize,
         pred: impl Fn(&Value) -> bool,
         within: Duration,
     ) -> Option<Value> {
         let mut seen = self.seen.clone();
         let deadline = Instant::now() + within;
         loop {
-            if let Some(line) = self.find(&pred) {
+            if let Some(line) = self.find(mark, &pred) {
                 return Some(line);
             }
             match tokio::time::timeout_at(deadline, seen.changed()).await {
                 Ok(Ok(())) => continue,
-                Ok(Err(_)) => return self.find(&pred), // stderr closed
+                Ok(Err(_)) => return self.find(mark, &pred), // stderr closed
                 Err(_) => return None,
             }
         }
@@ -156,8 +168,7 @@ fn spawn(path: &PathBuf) -> Child {
 
 fn addr_field(line: &Value, key: &str) -> SocketAddr {
     let text = field_str(line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
-    text.parse()
-        .unwrap_or_else(|e| panic!("{key} {text:?}: {e}"))
+    text.parse().unwrap_or_else(|e| panic!("{key} {text:?}: {e}"))
 }
 
 impl Lameduck {
@@ -167,11 +178,7 @@ impl Lameduck {
         let mut child = spawn(&path);
         let pid = child.id().expect("child pid") as i32;
         let logs = Logs::read(child.stderr.take().expect("piped stderr"));
-        if logs
-            .try_wait_for(|l| message(l) == "ready", READY_TIMEOUT)
-            .await
-            .is_none()
-        {
+        if logs.try_wait_for(|l| message(l) == "ready", READY_TIMEOUT).await.is_none() {
             let status = child.try_wait();
             panic!(
                 "lameduck logged no \"ready\" within {READY_TIMEOUT:?} (exit: {status:?})\nconfig:\n{config}\nlog:\n{}",
@@ -189,20 +196,8 @@ impl Lameduck {
                 _ => {}
             }
         }
-        assert!(
-            !addrs.is_empty(),
-            "no \"listening\" line before \"ready\":\n{}",
-            logs.dump()
-        );
-        Lameduck {
-            addr: addrs[0],
-            addrs,
-            admin_addr,
-            logs,
-            child,
-            pid,
-            dir,
-        }
+        assert!(!addrs.is_empty(), "no \"listening\" line before \"ready\":\n{}", logs.dump());
+        Lameduck { addr: addrs[0], addrs, admin_addr, logs, child, pid, dir }
     }
 
     pub fn pid(&self) -> i32 {
@@ -217,13 +212,7 @@ impl Lameduck {
         // SAFETY: kill(2) with our own child's pid; it cannot have been reaped
         // and reused, because reaping happens only in `exit_within`.
         let rc = unsafe { libc::kill(self.pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {signal}): {}",
-            self.pid,
-            std::io::Error::last_os_error()
-        );
+        assert_eq!(rc, 0, "kill({}, {signal}): {}", self.pid, std::io::Error::last_os_error());
     }
 
     pub fn sigterm(&self) {
@@ -239,16 +228,10 @@ impl Lameduck {
     pub async fn exit_within(&mut self, within: Duration) -> i32 {
         match timeout(within, self.child.wait()).await {
             Ok(Ok(status)) => status.code().unwrap_or_else(|| {
-                panic!(
-                    "lameduck died of a signal ({status}); log:\n{}",
-                    self.logs.dump()
-                )
+                panic!("lameduck died of a signal ({status}); log:\n{}", self.logs.dump())
             }),
             Ok(Err(e)) => panic!("wait for lameduck: {e}"),
-            Err(_) => panic!(
-                "lameduck still running after {within:?}; log:\n{}",
-                self.logs.dump()
-            ),
+            Err(_) => panic!("lameduck still running after {within:?}; log:\n{}", self.logs.dump()),
         }
     }
 
@@ -262,10 +245,20 @@ impl Lameduck {
     pub async fn wait_for_log(&self, pred: impl Fn(&Value) -> bool, within: Duration) -> Value {
         match self.logs.try_wait_for(pred, within).await {
             Some(line) => line,
-            None => panic!(
-                "no matching log line within {within:?}; log:\n{}",
-                self.logs.dump()
-            ),
+            None => panic!("no matching log line within {within:?}; log:\n{}", self.logs.dump()),
+        }
+    }
+
+    /// The first line logged after `mark` (see [`Logs::mark`]) matching `pred`.
+    pub async fn wait_for_log_after(
+        &self,
+        mark: usize,
+        pred: impl Fn(&Value) -> bool,
+        within: Duration,
+    ) -> Value {
+        match self.logs.try_wait_for_after(mark, pred, within).await {
+            Some(line) => line,
+            None => panic!("no matching log line within {within:?}; log:\n{}", self.logs.dump()),
         }
     }
 
@@ -288,22 +281,14 @@ impl Lameduck {
 
     /// Peak resident memory of the daemon in KiB (`VmHWM`).
     pub fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
-        let line = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .expect("VmHWM line");
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .expect("VmHWM value")
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
+        line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM value")
     }
 }
 
 pub fn is_access_line(line: &Value) -> bool {
-    line.get("target").and_then(Value::as_str) == Some("lameduck::access")
-        && message(line) == "request"
+    line.get("target").and_then(Value::as_str) == Some("lameduck::access") && message(line) == "request"
 }
 
 /// What a run to completion left behind.
@@ -325,11 +310,7 @@ impl Finished {
         } else {
             command.args(["--log-format", "json"]);
         }
-        command
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        command.arg("--config").arg(&path).stdin(Stdio::null()).kill_on_drop(true);
         let output = match timeout(secs(15), command.output()).await {
             Ok(output) => output.expect("run lameduck"),
             Err(_) => {

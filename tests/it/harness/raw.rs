@@ -25,10 +25,7 @@ pub struct RawResponse {
 impl RawResponse {
     /// The first value of `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn body_text(&self) -> String {
@@ -61,14 +58,15 @@ impl RawConn {
     }
 
     pub fn from(stream: TcpStream) -> RawConn {
-        RawConn {
-            stream,
-            buf: Vec::new(),
-        }
+        RawConn { stream, buf: Vec::new() }
     }
 
+    /// Writes all of `bytes`, within [`PROMPT`].
     pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        match timeout(PROMPT, self.stream.write_all(bytes)).await {
+            Ok(written) => written,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer stopped reading")),
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {
@@ -123,12 +121,7 @@ impl RawConn {
                         headers: parsed
                             .headers
                             .iter()
-                            .map(|h| {
-                                (
-                                    h.name.to_string(),
-                                    String::from_utf8_lossy(h.value).into_owned(),
-                                )
-                            })
+                            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                             .collect(),
                         body: Vec::new(),
                         chunked: false,
@@ -138,17 +131,11 @@ impl RawConn {
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(e) => {
-                    return Err(format!(
-                        "bad response head ({e}): {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    ))
+                    return Err(format!("bad response head ({e}): {:?}", String::from_utf8_lossy(&self.buf)))
                 }
             }
             if self.fill(deadline).await? == 0 {
-                return Err(format!(
-                    "closed before a response head ({} bytes)",
-                    self.buf.len()
-                ));
+                return Err(format!("closed before a response head ({} bytes)", self.buf.len()));
             }
         }
     }
@@ -161,10 +148,8 @@ impl RawConn {
     ) -> Result<RawResponse, String> {
         let deadline = Instant::now() + within;
         let mut response = self.try_read_head(within).await?;
-        let bodiless = head_request
-            || response.status < 200
-            || response.status == 204
-            || response.status == 304;
+        let bodiless =
+            head_request || response.status < 200 || response.status == 204 || response.status == 304;
         let chunked = response
             .header("transfer-encoding")
             .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
@@ -175,10 +160,7 @@ impl RawConn {
             response.chunked = true;
             response.body = self.chunked_body(deadline).await?;
         } else if let Some(len) = response.header("content-length") {
-            let len: usize = len
-                .trim()
-                .parse()
-                .map_err(|e| format!("content-length {len:?}: {e}"))?;
+            let len: usize = len.trim().parse().map_err(|e| format!("content-length {len:?}: {e}"))?;
             self.need(len, deadline).await?;
             response.body = self.buf.drain(..len).collect();
         } else {
@@ -193,8 +175,7 @@ impl RawConn {
             let line = self.line(deadline).await?;
             let text = String::from_utf8_lossy(&line);
             let size = text.trim_end().split(';').next().unwrap_or("").trim();
-            let size =
-                usize::from_str_radix(size, 16).map_err(|e| format!("chunk size {text:?}: {e}"))?;
+            let size = usize::from_str_radix(size, 16).map_err(|e| format!("chunk size {text:?}: {e}"))?;
             if size == 0 {
                 // Trailers (none expected) up to the empty line.
                 while self.line(deadline).await? != b"\r\n" {}
@@ -216,9 +197,7 @@ impl RawConn {
     }
 
     pub async fn read_response(&mut self) -> RawResponse {
-        self.try_read_response(false, PROMPT)
-            .await
-            .expect("response")
+        self.try_read_response(false, PROMPT).await.expect("response")
     }
 
     /// Everything the peer sends until it closes (EOF or reset), or `None`
@@ -236,18 +215,11 @@ impl RawConn {
     }
 
     /// Reads until `needle` has been received (kept in the buffer).
-    pub async fn read_until_contains(
-        &mut self,
-        needle: &[u8],
-        within: Duration,
-    ) -> Result<(), String> {
+    pub async fn read_until_contains(&mut self, needle: &[u8], within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         while !self.buf.windows(needle.len()).any(|w| w == needle) {
             if self.fill(deadline).await? == 0 {
-                return Err(format!(
-                    "closed before {:?}",
-                    String::from_utf8_lossy(needle)
-                ));
+                return Err(format!("closed before {:?}", String::from_utf8_lossy(needle)));
             }
         }
         Ok(())
