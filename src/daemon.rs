@@ -151,6 +151,7 @@ struct Running {
     /// Tells the accept loops to stop; they end by closing their listeners.
     stop: watch::Sender<Stop>,
     accept_loops: Vec<JoinHandle<()>>,
+    /// Listening fds (the admin listener's last), for a successor to inherit.
     listener_fds: Vec<RawFd>,
     notifier: Notifier,
 }
@@ -190,11 +191,6 @@ async fn start(
     }
     let sockets = std::mem::take(&mut inherited.sockets);
     let opened = listener::open_all(&config, sockets, notifier)?;
-    let admin_listener = match &config.admin {
-        Some(admin) => Some(bind_tokio(admin.addr)?),
-        None => None,
-    };
-
     let drain = Drain::new();
     let proxy = Arc::new(Proxy::new(&config, &tls));
     let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
@@ -202,7 +198,7 @@ async fn start(
     let mut accept_loops = Vec::new();
     let mut listener_fds = Vec::new();
     let (stop, stop_rx) = watch::channel(Stop::No);
-    for ((opened, tls), entry) in opened.into_iter().zip(tls.listeners).zip(&config.listeners) {
+    for ((opened, tls), entry) in opened.listeners.into_iter().zip(tls.listeners).zip(&config.listeners) {
         let listener = TcpListener::from_std(opened.listener)
             .map_err(|source| StartupError::Bind { addr: entry.addr, source })?;
         let addr = listener.local_addr().map_err(StartupError::Setup)?;
@@ -213,9 +209,12 @@ async fn start(
         accept_loops.push(tokio::spawn(task));
     }
     log_routes(&config);
-    if let Some(admin_listener) = admin_listener {
+    if let Some(admin) = opened.admin {
+        let admin_listener = TcpListener::from_std(admin.listener).map_err(StartupError::Setup)?;
         let addr = admin_listener.local_addr().map_err(StartupError::Setup)?;
-        info!(admin.addr = %addr, "admin listening");
+        info!(admin.addr = %addr, source = admin.source, "admin listening");
+        // Handed to a successor too; it stays open here until this process exits.
+        listener_fds.push(admin_listener.as_raw_fd());
         let metrics = Arc::new(Metrics::new(drain.watch()));
         tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));
     }
@@ -267,11 +266,6 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
             }
         }
     }
-}
-
-fn bind_tokio(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    let std_listener = listener::bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
-    TcpListener::from_std(std_listener).map_err(|source| StartupError::Bind { addr, source })
 }
 
 fn log_routes(config: &Config) {

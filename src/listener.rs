@@ -53,66 +53,111 @@ pub struct Opened {
     pub source: &'static str,
 }
 
-/// Opens every `[[listen]]` entry, in config order: from an inherited socket bound to its
-/// address where there is one (an entry with port 0 takes any inherited socket on its IP),
-/// else by binding it. Under socket activation every entry must have a socket and every
-/// socket an entry; sockets from the fd store or a predecessor that the config no longer
-/// names are closed. Newly bound sockets are parked in systemd's fd store.
+/// The configured listening sockets, opened.
+#[derive(Debug)]
+pub struct OpenedSockets {
+    /// One per `[[listen]]` entry, in config order.
+    pub listeners: Vec<Opened>,
+    /// The `[admin]` listener, if configured.
+    pub admin: Option<Opened>,
+}
+
+/// Opens every `[[listen]]` entry (in config order) and the admin listener: from an
+/// inherited socket bound to its address where there is one (an entry with port 0 takes any
+/// inherited socket on its IP), else by binding it. Under socket activation every
+/// `[[listen]]` entry must have a socket and every socket an entry; sockets from the fd store
+/// or a predecessor that the config no longer names are closed. Newly bound sockets are parked
+/// in systemd's fd store.
 pub fn open_all(
     config: &Config,
     inherited: Vec<InheritedSocket>,
     notifier: Notifier,
-) -> Result<Vec<Opened>, StartupError> {
+) -> Result<OpenedSockets, StartupError> {
     let strict = inherited.iter().any(|s| s.origin == Origin::SocketUnit);
-    let mut pool: Vec<Option<InheritedSocket>> = inherited.into_iter().map(Some).collect();
-    let mut take = |pred: &dyn Fn(&InheritedSocket) -> bool| {
-        let index = pool.iter().position(|s| s.as_ref().is_some_and(pred))?;
-        pool[index].take()
-    };
-    let mut found: Vec<Option<InheritedSocket>> =
-        config.listeners.iter().map(|entry| take(&|s: &InheritedSocket| s.addr == entry.addr)).collect();
+    let mut pool = SocketPool(inherited.into_iter().map(Some).collect());
+    let admin_addr = config.admin.as_ref().map(|a| a.addr);
+    let mut found: Vec<_> = config.listeners.iter().map(|l| pool.claim(l.addr)).collect();
+    let mut admin = admin_addr.and_then(|addr| pool.claim(addr));
     for (slot, entry) in found.iter_mut().zip(&config.listeners) {
         if slot.is_none() && entry.addr.port() == 0 {
-            *slot = take(&|s: &InheritedSocket| s.addr.ip() == entry.addr.ip());
+            *slot = pool.claim_on_ip(entry.addr);
         }
+    }
+    if let Some(addr) = admin_addr.filter(|a| a.port() == 0 && admin.is_none()) {
+        admin = pool.claim_on_ip(addr);
     }
 
-    let mut problems = Vec::new();
-    for left in pool.into_iter().flatten() {
-        match left.origin {
-            Origin::SocketUnit => problems.push(format!(
-                "socket-activated fd \"{}\" is bound to {}, which no [[listen]] entry names: add [[listen]] addr = \"{}\" or remove it from the socket unit",
-                left.name, left.addr, left.addr
-            )),
-            Origin::FdStore => {
-                info!(listener.addr = %left.addr, "closing a parked listener the config no longer names");
-                notifier.unstore_listener(left.addr);
-            }
-            Origin::Predecessor => info!(listener.addr = %left.addr, "closing an inherited listener the config no longer names"),
-        }
-    }
-    let mut opened = Vec::new();
+    let mut problems = pool.close_leftovers(notifier);
+    let mut listeners = Vec::new();
     for (slot, entry) in found.into_iter().zip(&config.listeners) {
         match slot {
-            Some(socket) => {
-                opened.push(Opened { listener: socket.listener, source: source_name(socket.origin) })
-            }
             None if strict => problems.push(format!(
                 "[[listen]] addr = \"{}\" has no socket from systemd: add ListenStream={} to the socket unit",
                 entry.addr, entry.addr
             )),
-            None => {
-                let listener =
-                    bind(entry.addr).map_err(|source| StartupError::Bind { addr: entry.addr, source })?;
-                notifier.store_listener(listener.as_fd(), listener.local_addr().unwrap_or(entry.addr));
-                opened.push(Opened { listener, source: "bound" });
-            }
+            slot => listeners.push(open_one(slot, entry.addr, notifier)?),
         }
     }
+    let admin = admin_addr.map(|addr| open_one(admin, addr, notifier)).transpose()?;
     if problems.is_empty() {
-        Ok(opened)
+        Ok(OpenedSockets { listeners, admin })
     } else {
         Err(StartupError::Sockets(problems))
+    }
+}
+
+/// The inherited socket for `addr`, or a freshly bound one (parked in the fd store).
+fn open_one(
+    inherited: Option<InheritedSocket>,
+    addr: SocketAddr,
+    notifier: Notifier,
+) -> Result<Opened, StartupError> {
+    if let Some(socket) = inherited {
+        return Ok(Opened { listener: socket.listener, source: source_name(socket.origin) });
+    }
+    let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+    notifier.store_listener(listener.as_fd(), listener.local_addr().unwrap_or(addr));
+    Ok(Opened { listener, source: "bound" })
+}
+
+/// Inherited sockets not yet claimed by a configured listener.
+struct SocketPool(Vec<Option<InheritedSocket>>);
+
+impl SocketPool {
+    fn take(&mut self, pred: impl Fn(&InheritedSocket) -> bool) -> Option<InheritedSocket> {
+        let index = self.0.iter().position(|s| s.as_ref().is_some_and(&pred))?;
+        self.0[index].take()
+    }
+
+    /// The socket bound to exactly `addr`.
+    fn claim(&mut self, addr: SocketAddr) -> Option<InheritedSocket> {
+        self.take(|s| s.addr == addr)
+    }
+
+    /// Any socket on the IP of `addr` (for entries with port 0).
+    fn claim_on_ip(&mut self, addr: SocketAddr) -> Option<InheritedSocket> {
+        self.take(|s| s.addr.ip() == addr.ip())
+    }
+
+    /// Closes what no entry claimed; a socket unit's leftovers are errors.
+    fn close_leftovers(self, notifier: Notifier) -> Vec<String> {
+        let mut problems = Vec::new();
+        for left in self.0.into_iter().flatten() {
+            match left.origin {
+                Origin::SocketUnit => problems.push(format!(
+                    "socket-activated fd \"{}\" is bound to {}, which no [[listen]] entry names: add [[listen]] addr = \"{}\" or remove it from the socket unit",
+                    left.name, left.addr, left.addr
+                )),
+                Origin::FdStore => {
+                    info!(listener.addr = %left.addr, "closing a parked listener the config no longer names");
+                    notifier.unstore_listener(left.addr);
+                }
+                Origin::Predecessor => {
+                    info!(listener.addr = %left.addr, "closing an inherited listener the config no longer names")
+                }
+            }
+        }
+        problems
     }
 }
 
