@@ -94,11 +94,16 @@ impl std::error::Error for StartupError {
 /// Runs the daemon from a validated config until it has drained. `inherited` holds the
 /// sockets and the readiness pipe handed over at start (see [`crate::systemd`]).
 pub fn run(config: Config, inherited: Inherited) -> Result<Outcome, StartupError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .enable_all()
-        .build()
-        .map_err(StartupError::Setup)?;
+    // One worker: a current-thread runtime, with none of the work-stealing machinery.
+    let mut builder = match config.workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    let runtime = builder.enable_all().build().map_err(StartupError::Setup)?;
     let outcome = runtime.block_on(serve(config, inherited));
     // Whatever is still open now is cut: do not wait for it.
     runtime.shutdown_background();
