@@ -109,17 +109,16 @@ deadline = "10s"
 close_timeout = "5s"
 
 [limits]
-max_connections = 100000
+max_connections = 9000
 EOF
     cat > "$WORK/nginx.conf" <<EOF
 daemon off;
 master_process on;
 worker_processes 1;
-worker_rlimit_nofile 100000;
 worker_shutdown_timeout 10s;
 pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log warn;
-events { worker_connections 50000; multi_accept on; }
+events { worker_connections 12000; multi_accept on; }
 http {
     access_log off;
     client_body_temp_path $WORK/nginx-body;
@@ -149,7 +148,7 @@ EOF
     cat > "$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 100000
+    maxconn 9000
     hard-stop-after 10s
     tune.bufsize 65536
 defaults
@@ -166,7 +165,7 @@ frontend web
     bind 127.0.0.1:8093 proto h2
     default_backend app
 backend app
-    server s1 $BACKEND maxconn 100000
+    server s1 $BACKEND maxconn 9000
 EOF
 }
 
@@ -234,7 +233,7 @@ run_wrk() {
 
 run_oha() {
     local round=$1 proxy=$2 out
-    out=$(taskset -c $LOAD_CORE "$TOOLS/bin/oha" --no-tui --json -z "${DURATION}s" -q 10000 -c 64 \
+    out=$(taskset -c $LOAD_CORE "$TOOLS/bin/oha" --no-tui --output-format json -z "${DURATION}s" -q 10000 -c 64 \
         --latency-correction "http://127.0.0.1:$PORT/small" 2>/dev/null \
         | python3 -c 'import json,sys; d=json.load(sys.stdin); p=d["latencyPercentiles"]; s=d["summary"]; print(json.dumps({"p50_ms":p["p50"]*1000,"p99_ms":p["p99"]*1000,"p999_ms":p["p99.9"]*1000,"rps":s["requestsPerSec"],"success":s["successRate"]}))')
     record "$round" B2 "$proxy" "\"oha\":$out"
@@ -290,7 +289,7 @@ run_tunnels() {
 
 main() {
     install_tools
-    ulimit -n 200000
+    ulimit -n "$(ulimit -Hn)"
     write_configs
     : > "$RESULTS"
     taskset -c $LOAD_CORE "$ROOT/target/release/examples/bench_backend" "$BACKEND" > "$WORK/backend.log" 2>&1 &

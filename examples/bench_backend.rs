@@ -38,7 +38,8 @@ fn main() -> std::io::Result<()> {
             let big = big.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| handle(req, big.clone()));
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service);
                 let _ = conn.with_upgrades().await;
             });
         }

@@ -31,7 +31,8 @@ fn main() {
         let connecting = Arc::new(Semaphore::new(200));
         let mut tasks = Vec::with_capacity(n);
         for _ in 0..n {
-            let (url, closes, opened, connecting) = (url.clone(), closes.clone(), opened.clone(), connecting.clone());
+            let (url, closes, opened, connecting) =
+                (url.clone(), closes.clone(), opened.clone(), connecting.clone());
             tasks.push(tokio::spawn(async move {
                 let permit = connecting.acquire_owned().await.expect("open");
                 let mut ws = loop {

@@ -3,7 +3,8 @@
 //!
 //! Admin connections are not counted by the drain: a health checker must never hold the exit
 //! back. The listener stays open until the process exits, so a load balancer can watch
-//! `/readyz` turn 503 during the grace period and the drain.
+//! `/readyz` turn 503 during the grace period and the drain — except after a reload's
+//! handover, when the successor shares the socket and answers instead.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,8 +25,14 @@ use crate::metrics::Metrics;
 /// Serves admin requests on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, drain: DrainWatch, metrics: Arc<Metrics>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let mut handed_over = drain.clone();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // A successor shares this socket and answers probes from now on.
+            _ = handed_over.reached(Phase::HandedOver) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 debug!(error = %e, "admin accept failed");
@@ -54,7 +61,8 @@ fn answer(req: &Request<Incoming>, phase: Phase, metrics: &Metrics) -> Response<
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if phase == Phase::Serving => text(StatusCode::OK, "ready\n"),
+        // After a reload's handover the successor serves this address: still ready.
+        "/readyz" if matches!(phase, Phase::Serving | Phase::HandedOver) => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));

@@ -218,7 +218,7 @@ async fn start(
         let admin_listener = TcpListener::from_std(admin.listener).map_err(StartupError::Setup)?;
         let addr = admin_listener.local_addr().map_err(StartupError::Setup)?;
         info!(admin.addr = %addr, source = admin.source, "admin listening");
-        // Handed to a successor too; it stays open here until this process exits.
+        // Handed to a successor too; this process stops accepting on it at the handover.
         listener_fds.push(admin_listener.as_raw_fd());
         let metrics = Arc::new(Metrics::new(drain.watch()));
         tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));

@@ -28,7 +28,7 @@ pub use body::{
 #[allow(unused_imports)]
 pub use client::{fetch, tapped_h2, Fetched, FrameTap, H1Client, H2Client};
 #[allow(unused_imports)]
-pub use daemon::{field_f64, field_str, is_access_line, message, Finished, Lameduck, Logs};
+pub use daemon::{binary, field_f64, field_str, is_access_line, message, Finished, Lameduck, Logs, Starting};
 #[allow(unused_imports)]
 pub use raw::{raw_get, raw_request, RawConn, RawResponse};
 

@@ -6,5 +6,6 @@ mod bad_input;
 mod drain;
 mod harness;
 mod proxy;
+mod systemd;
 mod tls;
 mod websocket;

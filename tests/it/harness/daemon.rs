@@ -4,6 +4,12 @@
 //! the bound addresses read from the `listening` / `admin listening` lines
 //! before it. The child is killed when the handle drops; on a failing test
 //! the whole log is printed.
+//!
+//! [`Lameduck::spawn`] is the same without the wait for `ready` ([`Starting`]),
+//! and lets the test edit the command first (environment, inherited fds), for
+//! tests that play systemd or expect a start-up failure. The daemon never
+//! inherits the test's own systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`,
+//! `WATCHDOG_*`): a test that wants them sets them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -153,11 +159,30 @@ fn write_config(config: &str) -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-fn spawn(path: &PathBuf) -> Child {
-    Command::new(BIN)
-        .arg("--config")
-        .arg(path)
-        .args(["--log-format", "json", "--log-level", "debug"])
+/// The variables systemd hands a service; never inherited from the test's own environment.
+const SYSTEMD_VARS: [&str; 6] =
+    ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// The path of the binary under test.
+pub fn binary() -> &'static str {
+    BIN
+}
+
+fn spawn(path: &PathBuf, listen_pid: bool, configure: impl FnOnce(&mut Command)) -> Child {
+    let mut command = if listen_pid {
+        // The shell's pid becomes lameduck's at `exec`, so `$$` is the pid lameduck will have.
+        let mut command = Command::new("/bin/sh");
+        command.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"", BIN]);
+        command
+    } else {
+        Command::new(BIN)
+    };
+    command.arg("--config").arg(path).args(["--log-format", "json", "--log-level", "debug"]);
+    for var in SYSTEMD_VARS {
+        command.env_remove(var);
+    }
+    configure(&mut command);
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -171,17 +196,57 @@ fn addr_field(line: &Value, key: &str) -> SocketAddr {
     text.parse().unwrap_or_else(|e| panic!("{key} {text:?}: {e}"))
 }
 
-impl Lameduck {
-    /// Starts the daemon and waits until it logs `ready`.
-    pub async fn start(config: &str) -> Lameduck {
+/// A daemon spawned by [`Lameduck::spawn`] that has not (yet) logged `ready`:
+/// it may still become ready ([`Starting::ready`]) or exit
+/// ([`Starting::exit_within`]). Killed when dropped; on a failing test the
+/// whole log is printed.
+pub struct Starting {
+    pub logs: Logs,
+    child: Child,
+    pid: i32,
+    dir: TempDir,
+    config: String,
+    dump: DumpOnPanic,
+}
+
+/// Prints the log when dropped during a panic, unless disarmed (taken).
+struct DumpOnPanic(Option<Logs>);
+
+impl Drop for DumpOnPanic {
+    fn drop(&mut self) {
+        if let Some(logs) = self.0.take().filter(|_| std::thread::panicking()) {
+            eprintln!("---- lameduck log ----\n{}\n----", logs.dump());
+        }
+    }
+}
+
+impl Starting {
+    fn spawn(config: &str, listen_pid: bool, configure: impl FnOnce(&mut Command)) -> Starting {
         let (dir, path) = write_config(config);
-        let mut child = spawn(&path);
+        let mut child = spawn(&path, listen_pid, configure);
         let pid = child.id().expect("child pid") as i32;
         let logs = Logs::read(child.stderr.take().expect("piped stderr"));
+        let dump = DumpOnPanic(Some(logs.clone()));
+        Starting { logs, child, pid, dir, config: config.to_owned(), dump }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    pub fn config_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Waits until the daemon logs `ready` (panicking with the log if it does
+    /// not within the start-up bound) and reads its bound addresses.
+    pub async fn ready(mut self) -> Lameduck {
+        let logs = self.logs.clone();
         if logs.try_wait_for(|l| message(l) == "ready", READY_TIMEOUT).await.is_none() {
-            let status = child.try_wait();
+            let status = self.child.try_wait();
             panic!(
-                "lameduck logged no \"ready\" within {READY_TIMEOUT:?} (exit: {status:?})\nconfig:\n{config}\nlog:\n{}",
+                "lameduck logged no \"ready\" within {READY_TIMEOUT:?} (exit: {status:?})\nconfig:\n{}\nlog:\n{}",
+                self.config,
                 logs.dump()
             );
         }
@@ -197,7 +262,41 @@ impl Lameduck {
             }
         }
         assert!(!addrs.is_empty(), "no \"listening\" line before \"ready\":\n{}", logs.dump());
+        // From here on the Lameduck prints the log on a panic.
+        self.dump.0 = None;
+        let Starting { child, pid, dir, .. } = self;
         Lameduck { addr: addrs[0], addrs, admin_addr, logs, child, pid, dir }
+    }
+
+    /// The exit code, waiting at most `within`; panics (with the log) if the
+    /// process is still running then or was killed by a signal.
+    pub async fn exit_within(&mut self, within: Duration) -> i32 {
+        exit_code(&mut self.child, &self.logs, within).await
+    }
+}
+
+impl Lameduck {
+    /// Starts the daemon and waits until it logs `ready`.
+    pub async fn start(config: &str) -> Lameduck {
+        Lameduck::start_with(config, |_| {}).await
+    }
+
+    /// Like [`Lameduck::start`], with `configure` editing the command first
+    /// (environment variables, fds to inherit through `pre_exec`, …).
+    pub async fn start_with(config: &str, configure: impl FnOnce(&mut Command)) -> Lameduck {
+        Lameduck::spawn(config, configure).ready().await
+    }
+
+    /// Spawns the daemon (the command edited by `configure`) without waiting for `ready`.
+    pub fn spawn(config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
+        Starting::spawn(config, false, configure)
+    }
+
+    /// Like [`Lameduck::spawn`], but the binary is exec'd by `/bin/sh` with
+    /// `LISTEN_PID` set to its own pid, as systemd does for socket activation
+    /// (the test sets `LISTEN_FDS` and puts the fds in place in `configure`).
+    pub fn spawn_with_listen_pid(config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
+        Starting::spawn(config, true, configure)
     }
 
     pub fn pid(&self) -> i32 {
@@ -210,7 +309,7 @@ impl Lameduck {
 
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) with our own child's pid; it cannot have been reaped
-        // and reused, because reaping happens only in `exit_within`.
+        // and reused, because reaping happens only in `exit_within` and `kill`.
         let rc = unsafe { libc::kill(self.pid, signal) };
         assert_eq!(rc, 0, "kill({}, {signal}): {}", self.pid, std::io::Error::last_os_error());
     }
@@ -223,15 +322,22 @@ impl Lameduck {
         self.signal(libc::SIGINT);
     }
 
+    pub fn sighup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
     /// The exit code, waiting at most `within`; panics (with the log) if the
     /// process is still running then or was killed by a signal.
     pub async fn exit_within(&mut self, within: Duration) -> i32 {
-        match timeout(within, self.child.wait()).await {
-            Ok(Ok(status)) => status.code().unwrap_or_else(|| {
-                panic!("lameduck died of a signal ({status}); log:\n{}", self.logs.dump())
-            }),
-            Ok(Err(e)) => panic!("wait for lameduck: {e}"),
-            Err(_) => panic!("lameduck still running after {within:?}; log:\n{}", self.logs.dump()),
+        exit_code(&mut self.child, &self.logs, within).await
+    }
+
+    /// Kills the daemon with SIGKILL (a crash, as far as it can tell) and reaps it.
+    pub async fn kill(&mut self) {
+        match timeout(PROMPT, self.child.kill()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("kill lameduck: {e}"),
+            Err(_) => panic!("lameduck not reaped within {PROMPT:?} of SIGKILL"),
         }
     }
 
@@ -284,6 +390,16 @@ impl Lameduck {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).expect("proc status");
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM line");
         line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("VmHWM value")
+    }
+}
+
+async fn exit_code(child: &mut Child, logs: &Logs, within: Duration) -> i32 {
+    match timeout(within, child.wait()).await {
+        Ok(Ok(status)) => status
+            .code()
+            .unwrap_or_else(|| panic!("lameduck died of a signal ({status}); log:\n{}", logs.dump())),
+        Ok(Err(e)) => panic!("wait for lameduck: {e}"),
+        Err(_) => panic!("lameduck still running after {within:?}; log:\n{}", logs.dump()),
     }
 }
 
