@@ -209,7 +209,13 @@ async fn start(
         let addr = listener.local_addr().map_err(StartupError::Setup)?;
         info!(listener.addr = %addr, tls = tls.is_some(), source = opened.source, "listening");
         listener_fds.push(listener.as_raw_fd());
-        let acceptor = Acceptor { tls, server: server.clone(), drain: drain.watch(), slots: slots.clone() };
+        let acceptor = Acceptor {
+            tls,
+            server: server.clone(),
+            drain: drain.watch(),
+            slots: slots.clone(),
+            takes_backlog: !opened.held_by_systemd,
+        };
         let task = listener::accept_loop(listener, acceptor, stop_rx.clone());
         accept_loops.push(tokio::spawn(task));
     }
@@ -235,12 +241,20 @@ fn serving_status(drain: &Drain) -> String {
 async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigger {
     let program = Program::current();
     let (reload_tx, mut reload_rx) = mpsc::channel::<Result<u32, String>>(1);
-    let mut reloading = false;
+    let mut reloading: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            signal = next_drain_signal(&mut signals.term, &mut signals.int) => return Trigger::Signal(signal),
+            signal = next_drain_signal(&mut signals.term, &mut signals.int) => {
+                if let Some(reload) = reloading.take() {
+                    // Stopping wins over reloading: the half-started successor is killed.
+                    reload.abort();
+                    let _ = reload.await;
+                    warn!("drain signal during a reload: the new process was stopped");
+                }
+                return Trigger::Signal(signal);
+            }
             _ = signals.hup.recv() => {
-                if reloading {
+                if reloading.is_some() {
                     info!("reload already under way; SIGHUP ignored");
                     continue;
                 }
@@ -253,14 +267,13 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
                 };
                 info!("reload: starting a new process with the listening sockets");
                 running.notifier.reloading();
-                reloading = true;
                 let (fds, tx) = (running.listener_fds.clone(), reload_tx.clone());
-                tokio::spawn(async move {
+                reloading = Some(tokio::spawn(async move {
                     let _ = tx.send(program.spawn_successor(&fds).await).await;
-                });
+                }));
             }
             Some(result) = reload_rx.recv() => {
-                reloading = false;
+                reloading = None;
                 match result {
                     Ok(pid) => return Trigger::HandedOver(pid),
                     Err(e) => {
@@ -361,7 +374,7 @@ fn log_summary(drain: &Drain, took: Duration, outcome: Outcome) {
         requests.completed = s.completed_after_signal,
         requests.rejected = s.rejected,
         tunnels.closed = s.tunnels_closed,
-        tunnels.cut = cut(s.tunnels),
+        tunnels.cut = s.tunnels_cut + cut(s.tunnels),
         connections.cut = cut(s.open),
         "exit"
     );

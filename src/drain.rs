@@ -67,6 +67,8 @@ struct Shared {
     rejected: AtomicUsize,
     /// WebSocket tunnels that finished with a close handshake during the drain.
     tunnels_closed: AtomicUsize,
+    /// Tunnels cut before the deadline (a side did not answer its Close within `close_timeout`).
+    tunnels_cut: AtomicUsize,
     /// Tunnels open when draining started: the number of slots `close_spread` is cut into.
     tunnels_at_drain: AtomicUsize,
     /// Slots of the `close_spread` window handed out so far.
@@ -83,6 +85,7 @@ impl Shared {
             completed_after_signal: s.completed_after_signal.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             tunnels_closed: s.tunnels_closed.load(Ordering::Relaxed),
+            tunnels_cut: s.tunnels_cut.load(Ordering::Relaxed),
         }
     }
 }
@@ -109,6 +112,8 @@ pub struct Snapshot {
     pub rejected: usize,
     /// Tunnels closed with a close handshake.
     pub tunnels_closed: usize,
+    /// Tunnels cut by `close_timeout` (those still open at a cut are not counted here).
+    pub tunnels_cut: usize,
 }
 
 impl Default for Drain {
@@ -183,6 +188,12 @@ impl DrainWatch {
         let _ = self.phase.wait_for(|p| *p >= phase).await;
     }
 
+    /// Resolves once the phase is exactly `phase` (at once if it already is).
+    pub async fn entered(&mut self, phase: Phase) {
+        // An error means the owner is gone, which only happens at exit: treat it as entered.
+        let _ = self.phase.wait_for(|p| *p == phase).await;
+    }
+
     /// Registers an accepted connection. `slot` is its `max_connections` permit, given back
     /// when the guard drops.
     pub fn conn_guard(&self, slot: Option<OwnedSemaphorePermit>) -> Arc<ConnGuard> {
@@ -193,7 +204,7 @@ impl DrainWatch {
     /// Registers a request; the returned guard must live until its response has finished.
     pub fn request_guard(&self) -> RequestGuard {
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard { shared: self.shared.clone() }
+        RequestGuard { shared: self.shared.clone(), completes: true }
     }
 
     /// Current counts.
@@ -243,13 +254,22 @@ impl Drop for ConnGuard {
 #[derive(Debug)]
 pub struct RequestGuard {
     shared: Arc<Shared>,
+    /// Counted as completed after the signal (false for requests answered 503).
+    completes: bool,
+}
+
+impl RequestGuard {
+    /// Leaves this request out of "completed after the signal" (it was rejected instead).
+    pub fn not_completed(&mut self) {
+        self.completes = false;
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let s = &self.shared;
         s.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if s.phase.load(Ordering::Relaxed) != Phase::Serving as u8 {
+        if self.completes && s.phase.load(Ordering::Relaxed) != Phase::Serving as u8 {
             s.completed_after_signal.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -266,6 +286,11 @@ impl TunnelGuard {
     /// Counts this tunnel as closed with a close handshake.
     pub fn closed_with_handshake(&self) {
         self.shared.tunnels_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts this tunnel as cut during the drain.
+    pub fn cut(&self) {
+        self.shared.tunnels_cut.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -51,6 +51,9 @@ pub struct Opened {
     /// Where it came from, for the start-up log: `bound`, `socket-activation`, `fd-store`,
     /// or `predecessor`.
     pub source: &'static str,
+    /// systemd keeps this socket open after lameduck closes it (socket unit or fd store), so
+    /// clients in its backlog wait for the next instance.
+    pub held_by_systemd: bool,
 }
 
 /// The configured listening sockets, opened.
@@ -113,11 +116,12 @@ fn open_one(
     notifier: Notifier,
 ) -> Result<Opened, StartupError> {
     if let Some(socket) = inherited {
-        return Ok(Opened { listener: socket.listener, source: source_name(socket.origin) });
+        let held_by_systemd = notifier.is_enabled() || socket.origin != Origin::Predecessor;
+        return Ok(Opened { listener: socket.listener, source: source_name(socket.origin), held_by_systemd });
     }
     let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
     notifier.store_listener(listener.as_fd(), listener.local_addr().unwrap_or(addr));
-    Ok(Opened { listener, source: "bound" })
+    Ok(Opened { listener, source: "bound", held_by_systemd: notifier.is_enabled() })
 }
 
 /// Inherited sockets not yet claimed by a configured listener.
@@ -153,7 +157,8 @@ impl SocketPool {
                     notifier.unstore_listener(left.addr);
                 }
                 Origin::Predecessor => {
-                    info!(listener.addr = %left.addr, "closing an inherited listener the config no longer names")
+                    info!(listener.addr = %left.addr, "closing an inherited listener the config no longer names");
+                    notifier.unstore_listener(left.addr);
                 }
             }
         }
@@ -175,7 +180,9 @@ pub enum Stop {
     /// Keep accepting.
     No,
     /// Stop: accept what already waits in the kernel backlog (those clients connected before
-    /// the drain and get served), then close the listener.
+    /// the drain and get an answer — a 503 with Retry-After — instead of a reset), then close
+    /// the listener. Skipped for sockets systemd keeps open: their backlog waits for the next
+    /// instance.
     TakeBacklogAndClose,
     /// Stop and close the listener at once (a successor shares the socket and takes the backlog).
     Close,
@@ -192,6 +199,8 @@ pub struct Acceptor {
     pub drain: DrainWatch,
     /// `max_connections` slots.
     pub slots: Arc<Semaphore>,
+    /// Whether a drain takes the backlog before closing (see [`Stop::TakeBacklogAndClose`]).
+    pub takes_backlog: bool,
 }
 
 /// Accepts connections on `listener` and serves each on its own task (after a TLS handshake
@@ -215,7 +224,7 @@ pub async fn accept_loop(listener: TcpListener, acceptor: Acceptor, mut stop: wa
             Err(e) => debug!(error = %e, "accept failed"),
         }
     };
-    if stopped == Stop::TakeBacklogAndClose {
+    if stopped == Stop::TakeBacklogAndClose && acceptor.takes_backlog {
         take_backlog(listener, &acceptor);
     }
 }
@@ -272,7 +281,8 @@ async fn serve_tls(
             Ok(Err(e)) => return debug!(client.addr = %peer, error = %e, "tls handshake failed"),
             Err(_) => return debug!(client.addr = %peer, "tls handshake timed out"),
         },
-        _ = drain.reached(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
+        // Only a real drain abandons handshakes; after a reload's handover they finish here.
+        _ = drain.entered(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = ConnInfo { peer, tls: true, h2 };

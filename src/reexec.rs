@@ -49,8 +49,12 @@ impl Program {
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES")
+            // systemd set WATCHDOG_PID to this process; the successor pings for itself.
+            .env_remove("WATCHDOG_PID")
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(false);
+            // Until it reports ready, dropping this future (a drain signal during the reload)
+            // must not leave a half-started successor behind.
+            .kill_on_drop(true);
         // SAFETY: between fork and exec the closure only calls fcntl (async-signal-safe) on fds
         // that are open in the parent, to let exactly these survive the exec.
         unsafe {
@@ -73,7 +77,11 @@ impl Program {
             text
         });
         match tokio::time::timeout(READY_TIMEOUT, report).await {
-            Ok(Ok(text)) if text.trim() == "ready" => Ok(pid),
+            Ok(Ok(text)) if text.trim() == "ready" => {
+                // It serves now and outlives this process: neither kill it on drop nor reap it.
+                std::mem::forget(child);
+                Ok(pid)
+            }
             Ok(report) => {
                 let text = report.unwrap_or_default();
                 let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;

@@ -247,9 +247,11 @@ pub fn spawn_reporters(drain: DrainWatch, notifier: Notifier) {
         return;
     }
     if let Some(every) = watchdog_interval() {
+        let drain = drain.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            loop {
+            // After a handover the successor is the main process and pings for itself.
+            while drain.phase() != Phase::HandedOver {
                 tick.tick().await;
                 notifier.watchdog();
             }

@@ -173,3 +173,26 @@ fn relative_tls_paths_resolve_against_the_config_directory() {
     assert_eq!(tls.certs[0].cert, Path::new("/etc/lameduck/site.pem"));
     assert_eq!(tls.certs[0].key, Path::new("/abs/site.key"));
 }
+
+#[test]
+fn zero_upstream_timeouts_are_errors() {
+    let text = GOOD.replace("timeout = \"5s\"", "timeout = \"0s\"\nconnect_timeout = \"0ms\"");
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().all(|(_, m)| m.contains("must be longer than zero")), "{all:?}");
+}
+
+#[test]
+fn header_limit_has_a_ceiling() {
+    let text = GOOD.replace("max_connections = 100", "max_connections = 100\nmax_header_bytes = 4294967296");
+    let (_, message) = single_error(&text);
+    assert!(message.contains("between 8192 and"), "{message}");
+}
+
+#[test]
+fn admin_may_not_share_a_listener_address() {
+    let text = GOOD.replace("addr = \"127.0.0.1:9901\"", "addr = \"127.0.0.1:8080\"");
+    let ((line, _), message) = single_error(&text);
+    assert_eq!(line, 26, "{message}");
+    assert!(message.contains("also a [[listen]] address"), "{message}");
+}

@@ -39,6 +39,9 @@ const UNSENDABLE_CLOSE_CODES: [u16; 4] = [1004, 1005, 1006, 1015];
 /// hyper's smallest read buffer; a smaller header limit cannot be enforced.
 const MIN_HEADER_BYTES: i64 = 8192;
 
+/// A generous ceiling for request header blocks (HTTP/2 carries the limit as a u32).
+const MAX_HEADER_BYTES: i64 = 16 << 20;
+
 struct Validator<'a> {
     path: &'a Path,
     diagnostics: Vec<Diagnostic>,
@@ -57,7 +60,16 @@ impl Validator<'_> {
         let upstreams =
             raw.upstream.iter().map(|(name, upstream)| self.upstream(name.get_ref(), upstream)).collect();
         let drain = self.drain(&raw.drain.unwrap_or_default());
-        let admin = raw.admin.and_then(|a| self.socket_addr(&a.addr, "admin address"));
+        let admin = raw.admin.and_then(|a| {
+            let addr = self.socket_addr(&a.addr, "admin address")?;
+            if addr.port() != 0 && listeners.iter().any(|l: &ListenConfig| l.addr == addr) {
+                self.error(
+                    &a.addr,
+                    format!("admin address \"{addr}\" is also a [[listen]] address: give it its own port"),
+                );
+            }
+            Some(addr)
+        });
         let limits = self.limits(&raw.limits.unwrap_or_default());
         Config {
             path: self.path.to_owned(),
@@ -171,8 +183,12 @@ impl Validator<'_> {
             tls: upstream.tls,
             ca: upstream.ca.as_ref().map(|ca| resolve_against(self.path, Path::new(ca.get_ref()))),
             server_name: upstream.server_name.as_ref().map(|s| s.get_ref().clone()),
-            connect_timeout: self.duration(upstream.connect_timeout.as_ref(), "connect_timeout", secs(2)),
-            timeout: self.duration(upstream.timeout.as_ref(), "timeout", secs(60)),
+            connect_timeout: self.positive_duration(
+                upstream.connect_timeout.as_ref(),
+                "connect_timeout",
+                secs(2),
+            ),
+            timeout: self.positive_duration(upstream.timeout.as_ref(), "timeout", secs(60)),
         }
     }
 
@@ -307,9 +323,12 @@ impl Validator<'_> {
         };
         let max_header_bytes = match &raw.max_header_bytes {
             None => 65_536,
-            Some(n) if *n.get_ref() >= MIN_HEADER_BYTES => *n.get_ref() as usize,
+            Some(n) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(n.get_ref()) => *n.get_ref() as usize,
             Some(n) => {
-                self.error(n, format!("max_header_bytes must be at least {MIN_HEADER_BYTES}"));
+                self.error(
+                    n,
+                    format!("max_header_bytes must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
+                );
                 65_536
             }
         };

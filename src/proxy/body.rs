@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::io::ConnActivity;
+use super::io::InFlight;
 use super::upstream::Pooled;
 use crate::drain::RequestGuard;
 
@@ -51,7 +51,8 @@ pub struct AccessRecord {
 #[derive(Debug)]
 struct Finish {
     _request: RequestGuard,
-    activity: Arc<ConnActivity>,
+    /// Keeps the request counted on its connection (for the idle timer) until now.
+    _in_flight: InFlight,
     pooled: Option<Pooled>,
     record: Option<AccessRecord>,
 }
@@ -89,11 +90,11 @@ impl ResponseBody {
     pub fn finish_with(
         &mut self,
         request: RequestGuard,
-        activity: Arc<ConnActivity>,
+        in_flight: InFlight,
         pooled: Option<Pooled>,
         record: Option<AccessRecord>,
     ) {
-        self.finish = Some(Finish { _request: request, activity, pooled, record });
+        self.finish = Some(Finish { _request: request, _in_flight: in_flight, pooled, record });
     }
 }
 
@@ -167,6 +168,5 @@ impl Drop for ResponseBody {
                 "request"
             );
         }
-        finish.activity.request_done();
     }
 }

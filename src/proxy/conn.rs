@@ -55,6 +55,7 @@ impl ConnServer {
         let io = ConnIo::new(io, activity.clone(), self.limits.header_read_timeout, self.limits.idle_timeout);
         let conn_ctx = Arc::new(ConnCtx {
             peer: ctx.peer,
+            client_ip: super::headers::client_ip_value(ctx.peer.ip()),
             tls: ctx.tls,
             activity: activity.clone(),
             guard,

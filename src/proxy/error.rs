@@ -24,8 +24,16 @@ pub enum ProxyError {
     NoRoute,
     /// The daemon is draining and takes no new requests.
     Draining,
-    /// The request carried both `Content-Length` and `Transfer-Encoding`.
+    /// The request carried both `Content-Length` and `Transfer-Encoding`, or framing headers
+    /// too long to read.
     AmbiguousFraming,
+    /// A `CONNECT` request: lameduck is a reverse proxy, never a tunnel to anywhere.
+    Connect,
+    /// The client's request body failed while it was being forwarded (the client went away).
+    ClientAborted {
+        /// What hyper saw.
+        source: hyper::Error,
+    },
     /// Every address of the upstream refused or could not be reached.
     Unavailable {
         /// The upstream's name (its addresses are never shown to clients).
@@ -52,6 +60,8 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unavailable { .. } | ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -60,7 +70,10 @@ impl ProxyError {
     /// Who is to blame.
     pub fn side(&self) -> Side {
         match self {
-            ProxyError::NoRoute | ProxyError::AmbiguousFraming => Side::Downstream,
+            ProxyError::NoRoute
+            | ProxyError::AmbiguousFraming
+            | ProxyError::Connect
+            | ProxyError::ClientAborted { .. } => Side::Downstream,
             ProxyError::Draining => Side::Internal,
             ProxyError::Unavailable { .. } | ProxyError::Timeout { .. } | ProxyError::Failed { .. } => {
                 Side::Upstream
@@ -74,8 +87,10 @@ impl ProxyError {
             ProxyError::NoRoute => "no route for this host and path\n".to_owned(),
             ProxyError::Draining => "server shutting down, retry later\n".to_owned(),
             ProxyError::AmbiguousFraming => {
-                "bad request: Content-Length and Transfer-Encoding together\n".to_owned()
+                "bad request: ambiguous or unreadable Content-Length / Transfer-Encoding\n".to_owned()
             }
+            ProxyError::Connect => "CONNECT is not supported: this is a reverse proxy\n".to_owned(),
+            ProxyError::ClientAborted { .. } => "request body incomplete\n".to_owned(),
             ProxyError::Unavailable { upstream } | ProxyError::Failed { upstream, .. } => {
                 format!("upstream \"{upstream}\" is unavailable\n")
             }
@@ -99,9 +114,11 @@ impl fmt::Display for ProxyError {
         match self {
             ProxyError::NoRoute => f.write_str("no route matches"),
             ProxyError::Draining => f.write_str("draining"),
-            ProxyError::AmbiguousFraming => {
-                f.write_str("request has both content-length and transfer-encoding")
-            }
+            ProxyError::AmbiguousFraming => f.write_str(
+                "request framing is ambiguous (content-length with transfer-encoding) or unreadable",
+            ),
+            ProxyError::Connect => f.write_str("connect requests are not forwarded"),
+            ProxyError::ClientAborted { .. } => f.write_str("client request body failed"),
             ProxyError::Unavailable { upstream } => {
                 write!(f, "upstream \"{upstream}\": no address reachable")
             }
@@ -118,7 +135,7 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProxyError::Failed { source, .. } => Some(source),
+            ProxyError::Failed { source, .. } | ProxyError::ClientAborted { source } => Some(source),
             _ => None,
         }
     }

@@ -9,10 +9,13 @@
 //! body, which is what the header-read and idle timers need.
 //!
 //! It only looks at header *names* and the framing values; everything else is hyper's job. It
-//! never rejects anything itself: a stream it cannot follow (HTTP/2, an upgrade) turns it off.
+//! rejects nothing itself, but notes a request whose framing it could not read (a
+//! `Content-Length` line too long to keep) so that it is refused rather than followed out of
+//! step. HTTP/2, and a connection the proxy has upgraded, turn it off.
 
-/// How many leading bytes of a line are kept; enough for the names and values we look at.
-const LINE_KEEP: usize = 48;
+/// How many bytes of a line are kept (blanks skipped); enough for the names and values we
+/// look at. A framing header longer than this is refused, never guessed at.
+const LINE_KEEP: usize = 64;
 
 /// Where in the request stream the tracker is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,8 @@ struct HeadFacts {
     first_line_seen: bool,
     content_length: Option<u64>,
     transfer_encoding: bool,
-    upgrade: bool,
+    /// A framing header was too long to read: the request is refused.
+    unreadable: bool,
 }
 
 /// Follows one connection's request stream.
@@ -54,9 +58,11 @@ pub struct RequestFraming {
     state: State,
     line: [u8; LINE_KEEP],
     line_len: usize,
+    /// The current line had more than [`LINE_KEEP`] non-blank bytes.
+    line_truncated: bool,
     head: HeadFacts,
-    heads: u32,
-    conflict_at: Option<u32>,
+    heads: u64,
+    conflict_at: Option<u64>,
     h2: bool,
 }
 
@@ -73,6 +79,7 @@ impl RequestFraming {
             state: State::Idle,
             line: [0; LINE_KEEP],
             line_len: 0,
+            line_truncated: false,
             head: HeadFacts::default(),
             heads: 0,
             conflict_at: None,
@@ -96,12 +103,14 @@ impl RequestFraming {
     }
 
     /// How many request heads have been completed.
-    pub fn heads(&self) -> u32 {
+    pub fn heads(&self) -> u64 {
         self.heads
     }
 
-    /// The 0-based index of the first request whose head had conflicting framing.
-    pub fn conflict_at(&self) -> Option<u32> {
+    /// The 0-based index of the first request whose framing lameduck must not forward:
+    /// conflicting or unreadable framing headers, or a body the tracker could not follow
+    /// (then it is the request after it).
+    pub fn conflict_at(&self) -> Option<u64> {
         self.conflict_at
     }
 
@@ -138,10 +147,20 @@ impl RequestFraming {
     fn feed_line(&mut self, bytes: &[u8]) -> usize {
         let end = bytes.iter().position(|&b| b == b'\n');
         let part = &bytes[..end.unwrap_or(bytes.len())];
-        let keep = part.len().min(LINE_KEEP - self.line_len);
-        self.line[self.line_len..self.line_len + keep].copy_from_slice(&part[..keep]);
-        self.line_len += keep;
-        if self.state == State::Idle && !part.is_empty() && !(self.line_len == 1 && part[0] == b'\r') {
+        for &b in part {
+            // Header names and the values read here hold no blanks: skip them, so that padding
+            // cannot push a value out of the kept bytes.
+            if b == b' ' || b == b'\t' {
+                continue;
+            }
+            if self.line_len < LINE_KEEP {
+                self.line[self.line_len] = b;
+                self.line_len += 1;
+            } else {
+                self.line_truncated = true;
+            }
+        }
+        if self.state == State::Idle && self.line_len > 0 && !(self.line_len == 1 && self.line[0] == b'\r') {
             self.state = State::Head;
         }
         match end {
@@ -152,33 +171,39 @@ impl RequestFraming {
                     len -= 1;
                 }
                 self.line_len = 0;
-                self.end_line(len);
+                let truncated = std::mem::take(&mut self.line_truncated);
+                self.end_line(len, truncated);
                 i + 1
             }
         }
     }
 
-    fn end_line(&mut self, len: usize) {
+    fn end_line(&mut self, len: usize, truncated: bool) {
         let line = self.line;
         let line = &line[..len];
         match self.state {
             // Empty lines before a request are allowed and skipped.
             State::Idle => {}
-            State::Head => self.head_line(line),
-            State::ChunkSize { .. } => self.chunk_size_line(line),
+            State::Head => self.head_line(line, truncated),
+            State::ChunkSize { .. } => {
+                if truncated {
+                    // A chunk size we could not read: refuse the next request on this connection.
+                    self.conflict_at.get_or_insert(self.heads);
+                }
+                self.chunk_size_line(line)
+            }
             State::ChunkDataEnd => self.state = State::ChunkSize { size: 0, ext: false },
             State::Trailers if line.is_empty() => self.state = State::Idle,
             _ => {}
         }
     }
 
-    fn head_line(&mut self, line: &[u8]) {
+    fn head_line(&mut self, line: &[u8], truncated: bool) {
         if !self.head.first_line_seen {
             self.head.first_line_seen = true;
-            if line == b"PRI * HTTP/2.0" {
+            // Blanks are skipped, so the preface line `PRI * HTTP/2.0` reads like this.
+            if line == b"PRI*HTTP/2.0" {
                 self.h2 = true;
-                self.state = State::Off;
-            } else if starts_with_ignore_case(line, b"CONNECT ") {
                 self.state = State::Off;
             }
             return;
@@ -187,24 +212,21 @@ impl RequestFraming {
             self.end_head();
         } else if let Some(value) = header_value(line, b"content-length") {
             self.head.content_length = Some(parse_decimal(value).unwrap_or(0));
+            self.head.unreadable |= truncated;
         } else if header_value(line, b"transfer-encoding").is_some() {
             self.head.transfer_encoding = true;
-        } else if header_value(line, b"upgrade").is_some() {
-            self.head.upgrade = true;
+            self.head.unreadable |= truncated;
         }
     }
 
     fn end_head(&mut self) {
         let head = std::mem::take(&mut self.head);
-        if head.transfer_encoding && head.content_length.is_some() && self.conflict_at.is_none() {
+        let conflict = head.transfer_encoding && head.content_length.is_some();
+        if (conflict || head.unreadable) && self.conflict_at.is_none() {
             self.conflict_at = Some(self.heads);
         }
         self.heads += 1;
-        self.state = if head.upgrade {
-            // After a 101 the bytes are another protocol; if the upgrade is refused we simply
-            // stop following this connection (hyper still frames its requests correctly).
-            State::Off
-        } else if head.transfer_encoding {
+        self.state = if head.transfer_encoding {
             State::ChunkSize { size: 0, ext: false }
         } else {
             match head.content_length {
@@ -234,7 +256,7 @@ fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     if line.len() <= name.len() || line[name.len()] != b':' || !starts_with_ignore_case(line, name) {
         return None;
     }
-    Some(line[name.len() + 1..].trim_ascii())
+    Some(&line[name.len() + 1..])
 }
 
 fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
@@ -316,11 +338,26 @@ mod tests {
     }
 
     #[test]
-    fn upgrade_requests_turn_tracking_off() {
-        let f = feed_all(&[
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello",
-        ]);
-        assert_eq!(f.position(), Position::Off);
+    fn an_upgrade_request_is_followed_like_any_other() {
+        // Whether it is upgraded is up to the upstream's answer; the connection's I/O turns
+        // tracking off once a 101 goes out.
+        let f = feed_all(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"]);
+        assert_eq!((f.heads(), f.position()), (1, Position::Idle));
+    }
+
+    #[test]
+    fn padding_cannot_push_a_content_length_out_of_sight() {
+        let pad = " ".repeat(200);
+        let stream = format!("POST / HTTP/1.1\r\nContent-Length:{pad}5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n");
+        let f = feed_all(&[stream.as_bytes()]);
+        assert_eq!((f.heads(), f.position(), f.conflict_at()), (2, Position::Idle, None));
+    }
+
+    #[test]
+    fn an_unreadably_long_content_length_is_refused() {
+        let digits = format!("{}5", "0".repeat(80));
+        let stream = format!("POST / HTTP/1.1\r\nContent-Length: {digits}\r\n\r\n");
+        assert_eq!(feed_all(&[stream.as_bytes()]).conflict_at(), Some(0));
     }
 
     proptest! {

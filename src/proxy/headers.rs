@@ -15,8 +15,11 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade` unless `upgrade`
 /// (an upgrade request or a 101 keeps `Upgrade` and `Connection: upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        if connection.as_bytes() != b"keep-alive" && connection.as_bytes() != b"close" {
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    if let Some(first) = connection.next() {
+        // The common cases name nothing else; any other value (or a second line) is parsed.
+        let plain = first.as_bytes() == b"keep-alive" || first.as_bytes() == b"close";
+        if !plain || connection.next().is_some() {
             remove_named_by_connection(headers);
         }
         headers.remove(header::CONNECTION);
@@ -45,10 +48,15 @@ fn remove_named_by_connection(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address as it appears in `X-Forwarded-For` (IPv4-mapped IPv6 shown as IPv4);
+/// computed once per connection.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_canonical().to_string()).expect("an IP address is a valid header value")
+}
+
 /// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the latter from the host the client asked for, if any).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
-    let client = client.to_canonical().to_string();
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(previous) if !previous.is_empty() => {
             let mut joined = Vec::with_capacity(previous.len() + 2 + client.len());
@@ -57,7 +65,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: O
             joined.extend_from_slice(client.as_bytes());
             HeaderValue::from_bytes(&joined).expect("joined from valid header bytes and an IP")
         }
-        _ => HeaderValue::from_str(&client).expect("an IP address is a valid header value"),
+        _ => client.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     let proto = if tls { "https" } else { "http" };
@@ -98,6 +106,14 @@ mod tests {
     }
 
     #[test]
+    fn headers_named_by_a_second_connection_line_are_removed() {
+        let mut h =
+            map(&[("connection", "close"), ("connection", "x-secret"), ("x-secret", "1"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key("connection"), "{h:?}");
+    }
+
+    #[test]
     fn upgrade_requests_keep_upgrade() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         remove_hop_by_hop(&mut h, true);
@@ -110,7 +126,7 @@ mod tests {
     fn forwarded_for_is_appended() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-host", "spoofed")]);
         let host = HeaderValue::from_static("example.com");
-        add_forwarded(&mut h, "192.0.2.7".parse().unwrap(), false, Some(&host));
+        add_forwarded(&mut h, &client_ip_value("192.0.2.7".parse().unwrap()), false, Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -119,7 +135,7 @@ mod tests {
     #[test]
     fn mapped_ipv4_is_shown_as_ipv4() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::ffff:192.0.2.7".parse().unwrap(), true, None);
+        add_forwarded(&mut h, &client_ip_value("::ffff:192.0.2.7".parse().unwrap()), true, None);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
     }

@@ -31,9 +31,11 @@ pub struct ConnActivity {
     /// When the last response finished (ms since `epoch`).
     last_done_ms: AtomicU64,
     /// Requests handed to the service so far; gives each request its index.
-    requests: AtomicU32,
-    /// Index of the first request with conflicting framing, or `u32::MAX`.
-    conflict_at: AtomicU32,
+    requests: AtomicU64,
+    /// Index of the first request with framing lameduck will not forward, or `u64::MAX`.
+    conflict_at: AtomicU64,
+    /// The connection was upgraded (a 101 went out): the bytes that follow are not HTTP.
+    upgraded: AtomicBool,
     /// The client speaks HTTP/2.
     h2: AtomicBool,
 }
@@ -45,8 +47,9 @@ impl ConnActivity {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
-            requests: AtomicU32::new(0),
-            conflict_at: AtomicU32::new(u32::MAX),
+            requests: AtomicU64::new(0),
+            conflict_at: AtomicU64::new(u64::MAX),
+            upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
         }
     }
@@ -56,18 +59,19 @@ impl ConnActivity {
         self.h2.load(Ordering::Relaxed)
     }
 
-    /// Called when a request reaches the service; returns true if its framing was ambiguous.
-    pub fn request_started(&self) -> bool {
+    /// Called when a request reaches the service; the guard counts it in flight until its
+    /// response has finished or was abandoned (dropped at any point, even before a response).
+    /// `ambiguous` tells whether its framing was one lameduck refuses to forward.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let index = self.requests.fetch_add(1, Ordering::Relaxed);
-        self.conflict_at.load(Ordering::Relaxed) == index
+        let ambiguous = self.conflict_at.load(Ordering::Relaxed) == index;
+        InFlight { activity: self.clone(), ambiguous }
     }
 
-    /// Called when a response has finished (or was abandoned).
-    pub fn request_done(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_done_ms.store(ms, Ordering::Relaxed);
-        self.in_flight.fetch_sub(1, Ordering::Release);
+    /// Marks the connection as upgraded; called before the 101 goes out.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     fn idle_since(&self) -> Option<Instant> {
@@ -78,19 +82,46 @@ impl ConnActivity {
     }
 }
 
+/// One request of this connection in flight; see [`ConnActivity::request_started`].
+#[derive(Debug)]
+pub struct InFlight {
+    activity: Arc<ConnActivity>,
+    /// The request's framing was ambiguous or could not be followed: it gets a 400.
+    pub ambiguous: bool,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        a.last_done_ms.store(a.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// The downstream connection's I/O.
 pub struct ConnIo<I> {
     inner: I,
     activity: Arc<ConnActivity>,
     framing: RequestFraming,
-    /// When the head being read (or, before the first request, the connection) started.
-    head_started: Instant,
+    /// When the head being read (or, before the first request, the connection) started; `None`
+    /// until a read finds a head incomplete (a head that arrives whole needs no clock read).
+    head_started: Option<Instant>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
-    /// Armed at whichever deadline applies; allocated once per connection.
+    /// Armed at or before whichever deadline applies; allocated once per connection.
     timer: Pin<Box<Sleep>>,
+    /// Where `timer` is armed. Deadlines mostly move later (each request pushes them), so the
+    /// timer is re-armed only when it fires early or must fire earlier: one timer operation
+    /// per timeout period rather than one per request.
     timer_at: Option<Instant>,
+    /// Bytes discarded while lingering after shutdown; `None` until shutdown starts.
+    linger: Option<usize>,
 }
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+/// How much it reads at most before closing anyway.
+const LINGER_BYTES: usize = 4 << 20;
 
 impl<I> ConnIo<I> {
     /// Wraps a freshly accepted connection's I/O.
@@ -109,35 +140,56 @@ impl<I> ConnIo<I> {
             inner,
             activity,
             framing,
-            head_started: now,
+            head_started: Some(now),
             header_read_timeout,
             idle_timeout,
             timer: Box::pin(tokio::time::sleep_until(now + header_read_timeout)),
             timer_at: None,
+            linger: None,
         }
     }
 
     /// The deadline that applies now, and whether it is the header-read (vs idle) one.
-    fn deadline(&self) -> Option<(Instant, bool)> {
-        match self.framing.position() {
-            Position::Head => Some((self.head_started + self.header_read_timeout, true)),
-            Position::Idle if self.framing.heads() == 0 => {
-                Some((self.head_started + self.header_read_timeout, true))
-            }
-            Position::Idle => self.activity.idle_since().map(|t| (t + self.idle_timeout, false)),
-            Position::Body | Position::Off => None,
+    fn deadline(&mut self) -> Option<(Instant, bool)> {
+        if self.activity.is_h2() {
+            return self.h2_deadline();
         }
+        let position = self.framing.position();
+        let first_request = position == Position::Idle && self.framing.heads() == 0;
+        if position == Position::Head || first_request {
+            let started = *self.head_started.get_or_insert_with(Instant::now);
+            return Some((started + self.header_read_timeout, true));
+        }
+        match position {
+            Position::Idle => self.activity.idle_since().map(|t| (t + self.idle_timeout, false)),
+            _ => None,
+        }
+    }
+
+    /// HTTP/2 is not followed frame by frame: the first request must come within the
+    /// header-read timeout, and a connection without streams is idle.
+    fn h2_deadline(&mut self) -> Option<(Instant, bool)> {
+        if self.activity.requests.load(Ordering::Relaxed) == 0 {
+            let started = *self.head_started.get_or_insert_with(Instant::now);
+            return Some((started + self.header_read_timeout, true));
+        }
+        self.activity.idle_since().map(|t| (t + self.idle_timeout, false))
     }
 
     fn observe(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
-        let was_idle = self.framing.position() == Position::Idle && self.framing.heads() > 0;
-        self.framing.feed(bytes);
-        if was_idle {
-            self.head_started = Instant::now();
+        if self.activity.upgraded.load(Ordering::Relaxed) {
+            // The 101 went out: these bytes belong to the tunnel.
+            self.framing.turn_off();
+            return;
         }
+        if self.framing.position() == Position::Idle && self.framing.heads() > 0 {
+            // A new head starts; its clock starts when a read first finds it incomplete.
+            self.head_started = None;
+        }
+        self.framing.feed(bytes);
         if self.framing.is_h2() {
             self.activity.h2.store(true, Ordering::Relaxed);
         }
@@ -151,11 +203,19 @@ impl<I> ConnIo<I> {
         let Some((at, reading_head)) = self.deadline() else {
             return Poll::Pending;
         };
-        if self.timer_at != Some(at) {
+        if self.timer_at.is_none_or(|armed| armed > at) {
             self.timer.as_mut().reset(at);
             self.timer_at = Some(at);
         }
-        ready!(self.timer.as_mut().poll(cx));
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if Instant::now() >= at {
+                break;
+            }
+            // Fired at an earlier deadline that has since moved: re-arm at the current one.
+            self.timer.as_mut().reset(at);
+            self.timer_at = Some(at);
+        }
         let what =
             if reading_head { "request headers not received in time" } else { "idle keep-alive connection" };
         Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what))
@@ -182,7 +242,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
@@ -203,7 +263,36 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
+    /// Sends FIN, then lingers: reads and discards what the client still sends (a request
+    /// body lameduck answered without reading, say a 503 to a large POST) for a short while.
+    /// Closing with unread data makes the kernel send a reset, which can destroy the answer
+    /// before the client has read it.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            let until = Instant::now() + LINGER_TIME;
+            this.timer.as_mut().reset(until);
+            this.timer_at = Some(until);
+            this.linger = Some(0);
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    let discarded = this.linger.get_or_insert(0);
+                    *discarded += buf.filled().len();
+                    if *discarded >= LINGER_BYTES {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    ready!(this.timer.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -77,6 +77,8 @@ impl Proxy {
 pub struct ConnCtx {
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP as an `X-Forwarded-For` entry.
+    pub client_ip: HeaderValue,
     /// The connection arrived on a TLS listener.
     pub tls: bool,
     /// Requests in flight and idle time, shared with the connection's I/O.
@@ -115,16 +117,19 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// Answers one request, by forwarding it or by lameduck itself.
 async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let started = Instant::now();
-    let request_guard = conn.drain.request_guard();
-    let ambiguous = conn.activity.request_started();
+    let mut request_guard = conn.drain.request_guard();
+    let in_flight = conn.activity.request_started();
+    let ambiguous = in_flight.ambiguous;
     let h1 = req.version() < Version::HTTP_2;
-    let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone()));
+    let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
 
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
+    } else if req.method() == Method::CONNECT {
+        Err(ProxyError::Connect)
     } else if conn.drain.phase() == Phase::Draining {
         conn.drain.count_rejected();
+        request_guard.not_completed();
         Err(ProxyError::Draining)
     } else {
         forward(proxy, conn, req).await
@@ -138,10 +143,11 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
             (error_response(&e, &proxy.retry_after), None, upstream)
         }
     };
-    if h1 && (ambiguous || conn.drain.phase().is_draining()) {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if h1 && !switching && (ambiguous || conn.drain.phase().is_draining()) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let record = record.map(|(method, uri)| AccessRecord {
+    let record = record.map(|(method, uri, started)| AccessRecord {
         method,
         uri,
         status: resp.status(),
@@ -149,7 +155,7 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
         client: conn.peer,
         started,
     });
-    resp.body_mut().finish_with(request_guard, conn.activity.clone(), pooled, record);
+    resp.body_mut().finish_with(request_guard, in_flight, pooled, record);
     resp
 }
 
@@ -225,7 +231,11 @@ async fn forward(
 /// `:authority`), else the `Host` header.
 fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        // Host and port only: any userinfo (`user@`) is not part of where the request goes.
+        Some(authority) => match authority.port() {
+            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok(),
+            None => HeaderValue::from_str(authority.host()).ok(),
+        },
         None => req.headers().get(header::HOST).cloned(),
     }
 }
@@ -242,7 +252,7 @@ fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<Hea
     headers::remove_hop_by_hop(headers, upgrade);
     // hyper already answered `100 Continue` downstream once we started reading the body.
     headers.remove(header::EXPECT);
-    headers::add_forwarded(headers, conn.peer.ip(), conn.tls, host.as_ref());
+    headers::add_forwarded(headers, &conn.client_ip, conn.tls, host.as_ref());
     if let Some(host) = host {
         headers.insert(header::HOST, host);
     }

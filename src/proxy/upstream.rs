@@ -139,11 +139,9 @@ impl Upstream {
             Ok(resp) => Ok((Attempt::Answered(resp), pooled(sender))),
             Err(mut e) => match e.take_message() {
                 Some(req) => Ok((Attempt::NotSent(req), pooled(sender))),
-                None => {
-                    let source = e.into_error();
-                    warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %source, "upstream request failed");
-                    Err(ProxyError::Failed { upstream: self.name.clone(), source })
-                }
+                // The client's own body failed (it went away mid-upload): not the upstream's fault.
+                None if e.error().is_user() => Err(ProxyError::ClientAborted { source: e.into_error() }),
+                None => Err(ProxyError::Failed { upstream: self.name.clone(), source: e.into_error() }),
             },
         }
     }

@@ -50,6 +50,8 @@ pub fn spawn_tunnel(
     upstream: OnUpgrade,
 ) {
     let websocket = is_websocket(response_headers);
+    // Before the 101 goes out: whatever the client sends after it is tunnel bytes.
+    conn.activity.mark_upgraded();
     let guard = conn.drain.tunnel_guard(conn.guard.clone());
     let drain = conn.drain.clone();
     let peer = conn.peer;

@@ -83,7 +83,12 @@ where
         match end {
             End::Handshake => guard.closed_with_handshake(),
             End::Closed => {}
-            End::Cut(why) => debug!(why, "tunnel cut"),
+            End::Cut(why) => {
+                debug!(why, "tunnel cut");
+                if drain.phase().is_draining() {
+                    guard.cut();
+                }
+            }
         }
         // Best effort: a FIN rather than a reset where the peer still listens.
         let _ = tokio::time::timeout(Duration::from_millis(100), self.client.shutdown()).await;

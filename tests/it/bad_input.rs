@@ -163,3 +163,13 @@ async fn max_connections_holds_a_third_connection_until_a_slot_frees() {
     assert_eq!(got.status, 200);
     assert_eq!(backend.requests().len(), 3);
 }
+
+#[tokio::test]
+async fn connect_method_gets_405_and_reaches_no_backend() {
+    let backend = Backend::named("never").await;
+    let proxy = Lameduck::start(&config_for(backend.addr)).await;
+    let got =
+        raw_request(proxy.addr, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n").await;
+    assert_eq!(got.status, 405, "{got:?}");
+    assert!(backend.requests().is_empty(), "CONNECT reached the backend");
+}

@@ -121,6 +121,38 @@ async fn drain_answers_keepalive_request_with_503() {
 }
 
 #[tokio::test]
+async fn drain_answers_a_large_post_with_503_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::named("ok").await;
+    let drain = "deadline = \"30s\"\nidle_linger = \"5s\"";
+    let mut proxy = Lameduck::start(&drain_config(backend.addr, drain)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(PROMPT, rd.read(&mut first)).await.unwrap().unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first[..n]));
+
+    proxy.sigterm();
+    proxy.wait_for_message("draining").await;
+    // 1 MiB that lameduck answers without reading: the 503 must still arrive whole.
+    let body = vec![b'x'; 1 << 20];
+    let head = format!("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len());
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PROMPT, rd.read_to_end(&mut answer)).await.expect("answer in time");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "read {read:?}, got {:?}", &text[..text.len().min(200)]);
+    assert!(read.is_ok(), "the connection was reset instead of closed: {read:?}");
+    let _ = writer.await;
+    assert_eq!(backend.requests().len(), 1, "the POST reached the backend");
+    assert_eq!(proxy.exit_within(PROMPT).await, 0);
+}
+
+#[tokio::test]
 async fn drain_closes_idle_keepalive_connection_after_idle_linger() {
     let backend = Backend::named("ok").await;
     let drain = "deadline = \"30s\"\nidle_linger = \"1s\"";
