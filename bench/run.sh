@@ -44,11 +44,11 @@ install_tools() {
     fi
     # Debian starts the packaged services; they would only add noise.
     systemctl stop nginx haproxy 2>/dev/null || true
-    pkill -x nginx 2>/dev/null || true
-    pkill -x haproxy 2>/dev/null || true
+    pkill -KILL -x nginx 2>/dev/null || true
+    pkill -KILL -x haproxy 2>/dev/null || true
     if [ ! -x "$TOOLS/bin/oha" ]; then
         log "installing oha (fixed-rate load generator) from crates.io"
-        cargo install --quiet --locked --root "$TOOLS" oha@1.12.0
+        cargo install --quiet --locked --root "$TOOLS" oha@1.16.0
     fi
     log "building lameduck and the bench backend (release)"
     cargo build --quiet --release --locked --bin lameduck --example bench_backend --example bench_ws
@@ -186,13 +186,16 @@ start_proxy() {
     esac
     PIDS+=("$PROXY_PID")
     for _ in $(seq 100); do
+        if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+            log "$1 exited at start-up"; exit 1
+        fi
         if curl -s -o /dev/null "http://127.0.0.1:$PORT/small"; then return; fi
         sleep 0.1
     done
     log "$1 did not come up"; exit 1
 }
 
-# stop_proxy NAME PID: the proxy's graceful stop signal, then wait
+# graceful_signal NAME: the proxy's graceful stop signal
 graceful_signal() {
     case $1 in
         lameduck) echo TERM ;;
@@ -202,8 +205,9 @@ graceful_signal() {
 }
 
 stop_proxy() {
-    kill -KILL "$2" 2>/dev/null || true
+    # Children first: once the master is gone, its workers are orphans nobody would find.
     pkill -KILL -P "$2" 2>/dev/null || true
+    kill -KILL "$2" 2>/dev/null || true
     wait "$2" 2>/dev/null || true
 }
 
