@@ -271,6 +271,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
         let this = self.get_mut();
         if this.linger.is_none() {
             ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if !matches!(this.framing.position(), Position::Head | Position::Body) {
+                // Between requests the client has nothing more to send: close at once.
+                return Poll::Ready(Ok(()));
+            }
             let until = Instant::now() + LINGER_TIME;
             this.timer.as_mut().reset(until);
             this.timer_at = Some(until);

@@ -78,7 +78,8 @@ where
     pub async fn run(mut self, mut drain: DrainWatch, guard: &TunnelGuard) {
         let end = tokio::select! {
             end = self.relay_until_closed() => end,
-            _ = drain.reached(Phase::Draining) => self.close_on_drain(&drain).await,
+            // Boxed: an idle tunnel's task should not reserve room for the close sequence.
+            _ = drain.reached(Phase::Draining) => Box::pin(self.close_on_drain(&drain)).await,
         };
         match end {
             End::Handshake => guard.closed_with_handshake(),
