@@ -173,3 +173,40 @@ async fn connect_method_gets_405_and_reaches_no_backend() {
     assert_eq!(got.status, 405, "{got:?}");
     assert!(backend.requests().is_empty(), "CONNECT reached the backend");
 }
+
+#[tokio::test]
+async fn accept_loop_survives_running_out_of_file_descriptors() {
+    let backend = Backend::named("still here").await;
+    // A low descriptor limit for the daemon alone, so that idle clients exhaust it.
+    let proxy = Lameduck::start_with(&config_for(backend.addr), |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and only affects the child about to exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 48, rlim_max: 48 };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..60 {
+        idle.push(TcpStream::connect(proxy.addr).await.expect("the kernel backlog takes the connection"));
+    }
+    proxy.wait_for_log(|l| message(l).contains("out of file descriptors"), PROMPT).await;
+    drop(idle);
+    // Once descriptors free up, the loop accepts again.
+    let got = tokio::time::timeout(PROMPT, async {
+        loop {
+            let response = raw_get(proxy.addr, "/").await;
+            if response.status == 200 {
+                return response;
+            }
+        }
+    })
+    .await
+    .expect("served again after the descriptors came back");
+    assert_eq!(got.body_text(), "still here");
+}
