@@ -52,7 +52,13 @@ impl ConnServer {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new(ctx.h2));
-        let io = ConnIo::new(io, activity.clone(), self.limits.header_read_timeout, self.limits.idle_timeout);
+        let io = ConnIo::new(
+            io,
+            activity.clone(),
+            self.limits.header_read_timeout,
+            self.limits.idle_timeout,
+            !ctx.tls,
+        );
         let conn_ctx = Arc::new(ConnCtx {
             peer: ctx.peer,
             client_ip: super::headers::client_ip_value(ctx.peer.ip()),

@@ -116,6 +116,8 @@ pub struct ConnIo<I> {
     timer_at: Option<Instant>,
     /// Bytes discarded while lingering after shutdown; `None` until shutdown starts.
     linger: Option<usize>,
+    /// A plain TCP stream, whose close needs no protocol goodbye (TLS sends close_notify).
+    plain_tcp: bool,
 }
 
 /// How long a closing connection keeps reading what the client still sends.
@@ -130,6 +132,7 @@ impl<I> ConnIo<I> {
         activity: Arc<ConnActivity>,
         header_read_timeout: Duration,
         idle_timeout: Duration,
+        plain_tcp: bool,
     ) -> Self {
         let now = Instant::now();
         let mut framing = RequestFraming::new();
@@ -146,6 +149,7 @@ impl<I> ConnIo<I> {
             timer: Box::pin(tokio::time::sleep_until(now + header_read_timeout)),
             timer_at: None,
             linger: None,
+            plain_tcp,
         }
     }
 
@@ -270,9 +274,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.linger.is_none() {
+            let between_requests = !matches!(this.framing.position(), Position::Head | Position::Body);
+            if between_requests && this.plain_tcp && !this.activity.upgraded.load(Ordering::Relaxed) {
+                // hyper is closing a plain connection between requests: the close() that
+                // follows sends the FIN, so spare the shutdown(2).
+                return Poll::Ready(Ok(()));
+            }
             ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-            if !matches!(this.framing.position(), Position::Head | Position::Body) {
-                // Between requests the client has nothing more to send: close at once.
+            if between_requests {
+                // The client has nothing more to send: close at once.
                 return Poll::Ready(Ok(()));
             }
             let until = Instant::now() + LINGER_TIME;
