@@ -3,8 +3,10 @@
 //! A slot of `max_connections` is taken *before* `accept`, so past the limit lameduck simply
 //! stops accepting and the kernel backlog holds new clients until a slot frees. The drain
 //! guard is taken right after `accept` and moves into the connection's task. When draining
-//! starts, the loop ends and drops its listener, so new connections are refused (or, under
-//! socket activation, wait in the backlog for the next instance).
+//! starts, the daemon stops the loop ([`Stop`]): it takes what waits in the backlog (unless
+//! systemd holds the socket) and drops its listener, so new connections are refused (or,
+//! when systemd holds the socket, wait in its backlog for the next instance). [`open_all`]
+//! opens the listeners in the first place: inherited from systemd or a predecessor, or bound.
 
 use std::io;
 use std::net::SocketAddr;

@@ -5,7 +5,10 @@
 //! cannot tell a slow client (cut after `header_read_timeout`) from an idle one (closed after
 //! `idle_timeout`). This wrapper can: its [`RequestFraming`] knows whether the client is
 //! between requests or halfway through a head. A timeout surfaces as a `TimedOut` read error,
-//! which makes hyper close the connection.
+//! which makes hyper close the connection. HTTP/2 is not followed frame by frame: its first
+//! request must arrive within the header-read timeout, and a connection without streams is
+//! idle. On close, a connection whose client may still be sending lingers briefly (see
+//! [`ConnIo`]'s `poll_shutdown`).
 
 use std::future::Future;
 use std::io;
