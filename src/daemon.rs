@@ -346,14 +346,26 @@ async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigge
         let s = drain.snapshot();
         info!(open = s.open, in_flight = s.in_flight, tunnels = s.tunnels, "draining");
         let reporter = crate::systemd::report_drain(drain.watch(), notifier, deadline);
-        tokio::select! {
-            _ = drain.all_closed() => Outcome::Drained,
-            _ = tokio::time::sleep_until(deadline) => {
-                warn!(open = drain.snapshot().open, "drain deadline passed; cutting what is left");
-                Outcome::Cut
+        tokio::pin!(reporter);
+        // After a handover no drain signal has come yet: the first one only ends forwarding.
+        let mut signalled = phase != Phase::HandedOver;
+        loop {
+            tokio::select! {
+                _ = drain.all_closed() => break Outcome::Drained,
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(open = drain.snapshot().open, "drain deadline passed; cutting what is left");
+                    break Outcome::Cut;
+                }
+                signal = signals.drain_signal() => {
+                    if signalled {
+                        break cut_by_signal(signal);
+                    }
+                    signalled = true;
+                    info!(signal, "drain signal while handing over: new requests now get 503");
+                    drain.set_phase(Phase::Draining);
+                }
+                _ = &mut reporter => unreachable!("the drain reporter runs until the drain ends"),
             }
-            second = signals.drain_signal() => cut_by_signal(second),
-            _ = reporter => unreachable!("the drain reporter runs until the drain ends"),
         }
     };
     log_summary(&drain, started.elapsed(), outcome);

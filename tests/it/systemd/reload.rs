@@ -300,3 +300,37 @@ async fn reload_keeps_readyz_200_on_the_admin_port_while_the_old_process_drains(
     let not_ready = statuses.iter().filter(|s| **s != 200).count();
     assert_eq!(not_ready, 0, "a reload is invisible to health checks too; /readyz answered {statuses:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_signal_after_the_handover_lets_the_old_process_finish_instead_of_cutting() {
+    let (release, held) = gate();
+    let backend = Backend::start(move |req| {
+        let held = held.clone();
+        async move {
+            if req.uri().path() == "/held" {
+                held.wait().await;
+            }
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    let mut proxy = Lameduck::start(&config(&[backend.addr], "", DRAIN_30S)).await;
+    let _successors = Successors::of(proxy.pid(), &proxy.logs);
+    let client = H1Client::connect(proxy.addr).await;
+    let req = client.request("GET", "/held", empty());
+    let in_flight = client.spawn_fetch(req, secs(30));
+    backend.arrived().await;
+
+    reload(&proxy.logs, proxy.pid()).await;
+    // With KillMode=control-group a stop signals every process of the unit, the old one too:
+    // for it this is the first drain signal, not a second one that cuts.
+    let mark = proxy.logs.mark();
+    proxy.sigterm();
+    let signalled =
+        |l: &serde_json::Value| message(l) == "drain signal while handing over: new requests now get 503";
+    expect_log(&proxy.logs, mark, "drain signal while handing over", signalled, PROMPT).await;
+    release.open();
+    let done = in_flight.await.unwrap().expect("the held request completes");
+    assert_eq!(done.text(), "ok");
+    assert_eq!(proxy.exit_within(PROMPT).await, 0, "the old process drained; nothing was cut");
+}
