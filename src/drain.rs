@@ -59,6 +59,8 @@ struct Shared {
     in_flight: AtomicUsize,
     /// Upgraded connections being relayed.
     tunnels: AtomicUsize,
+    /// Of those, WebSocket tunnels (the ones that close with a handshake, in a `close_spread` slot).
+    websocket_tunnels: AtomicUsize,
     /// Woken (`notify_waiters`) by the guard that takes `open` to zero.
     zero: Notify,
     /// Requests that completed after the drain signal.
@@ -69,7 +71,7 @@ struct Shared {
     tunnels_closed: AtomicUsize,
     /// Tunnels cut before the deadline (a side did not answer its Close within `close_timeout`).
     tunnels_cut: AtomicUsize,
-    /// Tunnels open when draining started: the number of slots `close_spread` is cut into.
+    /// WebSocket tunnels open when draining started: the number of slots `close_spread` is cut into.
     tunnels_at_drain: AtomicUsize,
     /// Slots of the `close_spread` window handed out so far.
     close_tickets: AtomicUsize,
@@ -137,7 +139,7 @@ impl Drain {
     /// Moves every watcher to `phase`. `send_replace` works even with no receiver left.
     pub fn set_phase(&self, phase: Phase) {
         if phase.is_draining() && !self.phase().is_draining() {
-            let tunnels = self.shared.tunnels.load(Ordering::Relaxed);
+            let tunnels = self.shared.websocket_tunnels.load(Ordering::Relaxed);
             self.shared.tunnels_at_drain.store(tunnels, Ordering::Relaxed);
         }
         self.shared.phase.store(phase as u8, Ordering::Release);
@@ -229,9 +231,12 @@ impl DrainWatch {
     }
 
     /// Registers a tunnel, which keeps `conn` (and so the open count) alive while it runs.
-    pub fn tunnel_guard(&self, conn: Arc<ConnGuard>) -> TunnelGuard {
+    pub fn tunnel_guard(&self, conn: Arc<ConnGuard>, websocket: bool) -> TunnelGuard {
         self.shared.tunnels.fetch_add(1, Ordering::Relaxed);
-        TunnelGuard { shared: self.shared.clone(), _conn: conn }
+        if websocket {
+            self.shared.websocket_tunnels.fetch_add(1, Ordering::Relaxed);
+        }
+        TunnelGuard { shared: self.shared.clone(), _conn: conn, websocket }
     }
 }
 
@@ -280,6 +285,7 @@ impl Drop for RequestGuard {
 pub struct TunnelGuard {
     shared: Arc<Shared>,
     _conn: Arc<ConnGuard>,
+    websocket: bool,
 }
 
 impl TunnelGuard {
@@ -297,6 +303,9 @@ impl TunnelGuard {
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
         self.shared.tunnels.fetch_sub(1, Ordering::Relaxed);
+        if self.websocket {
+            self.shared.websocket_tunnels.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -310,7 +319,7 @@ mod tests {
         let watch = drain.watch();
         let a = watch.conn_guard(None);
         let b = watch.conn_guard(None);
-        let tunnel = watch.tunnel_guard(b.clone());
+        let tunnel = watch.tunnel_guard(b.clone(), true);
         drop(b);
         assert_eq!(drain.snapshot().open, 2);
         drop(a);
@@ -337,12 +346,25 @@ mod tests {
         let drain = Drain::new();
         let watch = drain.watch();
         let conn = watch.conn_guard(None);
-        let _tunnels: Vec<_> = (0..4).map(|_| watch.tunnel_guard(conn.clone())).collect();
+        let _tunnels: Vec<_> = (0..4).map(|_| watch.tunnel_guard(conn.clone(), true)).collect();
         drain.set_phase(Phase::Draining);
         let spread = Duration::from_secs(2);
         let delays: Vec<u128> = (0..4).map(|_| watch.close_delay(spread).as_millis()).collect();
         assert_eq!(delays, vec![0, 500, 1000, 1500]);
         assert_eq!(watch.close_delay(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn raw_tunnels_take_no_close_spread_slot() {
+        let drain = Drain::new();
+        let watch = drain.watch();
+        let conn = watch.conn_guard(None);
+        let _ws: Vec<_> = (0..2).map(|_| watch.tunnel_guard(conn.clone(), true)).collect();
+        let _raw: Vec<_> = (0..2).map(|_| watch.tunnel_guard(conn.clone(), false)).collect();
+        drain.set_phase(Phase::Draining);
+        let spread = Duration::from_secs(2);
+        let delays: Vec<u128> = (0..2).map(|_| watch.close_delay(spread).as_millis()).collect();
+        assert_eq!(delays, vec![0, 1000]);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn spawn_tunnel(
     let websocket = is_websocket(response_headers);
     // Before the 101 goes out: whatever the client sends after it is tunnel bytes.
     conn.activity.mark_upgraded();
-    let guard = conn.drain.tunnel_guard(conn.guard.clone());
+    let guard = conn.drain.tunnel_guard(conn.guard.clone(), websocket);
     let drain = conn.drain.clone();
     let peer = conn.peer;
     tokio::spawn(async move {
