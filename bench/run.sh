@@ -56,31 +56,26 @@ install_tools() {
 
 # ---- measuring ----
 
-# user+sys clock ticks of the given pids and their children
-cpu_ticks() {
-    local total=0 pid child
+# sum_over_tree FILE AWK PID...: sums what AWK prints for /proc/PID/FILE over the pids and
+# their children (nginx's workers are the master's children)
+sum_over_tree() {
+    local file=$1 prog=$2 total=0 pid child
+    shift 2
     for pid in "$@"; do
         for child in $pid $(pgrep -P "$pid" || true); do
-            if [ -r "/proc/$child/stat" ]; then
-                total=$((total + $(awk '{print $14 + $15}' "/proc/$child/stat")))
+            if [ -r "/proc/$child/$file" ]; then
+                total=$((total + $(awk "$prog" "/proc/$child/$file")))
             fi
         done
     done
     echo "$total"
 }
 
+# user+sys clock ticks of the given pids and their children
+cpu_ticks() { sum_over_tree stat '{print $14 + $15}' "$@"; }
+
 # resident KiB of the given pids and their children
-rss_kib() {
-    local total=0 pid child
-    for pid in "$@"; do
-        for child in $pid $(pgrep -P "$pid" || true); do
-            if [ -r "/proc/$child/status" ]; then
-                total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$child/status")))
-            fi
-        done
-    done
-    echo "$total"
-}
+rss_kib() { sum_over_tree status '/^VmRSS:/ {print $2}' "$@"; }
 
 # busy and total jiffies of one core
 core_jiffies() {

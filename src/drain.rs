@@ -79,15 +79,14 @@ struct Shared {
 
 impl Shared {
     fn snapshot(&self) -> Snapshot {
-        let s = self;
         Snapshot {
-            open: s.open.load(Ordering::Acquire),
-            in_flight: s.in_flight.load(Ordering::Relaxed),
-            tunnels: s.tunnels.load(Ordering::Relaxed),
-            completed_after_signal: s.completed_after_signal.load(Ordering::Relaxed),
-            rejected: s.rejected.load(Ordering::Relaxed),
-            tunnels_closed: s.tunnels_closed.load(Ordering::Relaxed),
-            tunnels_cut: s.tunnels_cut.load(Ordering::Relaxed),
+            open: self.open.load(Ordering::Acquire),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            tunnels: self.tunnels.load(Ordering::Relaxed),
+            completed_after_signal: self.completed_after_signal.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
+            tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),
         }
     }
 }

@@ -180,11 +180,6 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         validate::validate(path, text).map_err(|d| ConfigError::new(path, text, d))
     }
-
-    /// Resolves a path written in the file against the file's directory.
-    pub fn resolve(&self, written: &Path) -> PathBuf {
-        resolve_against(&self.path, written)
-    }
 }
 
 /// Resolves `written` against the directory of the config file at `config_path`.

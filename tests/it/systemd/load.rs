@@ -58,6 +58,16 @@ impl Tally {
         self.by_body.get(body).copied().unwrap_or(0)
     }
 
+    /// Asserts that nothing was refused, failed or cut; returns the report for more checks.
+    pub fn assert_nothing_lost(&self) -> String {
+        let report = self.report();
+        println!("{report}");
+        assert_eq!(self.refused, 0, "{report}");
+        assert!(self.failures.is_empty(), "{report}");
+        assert_eq!(self.sent, self.ok(), "{report}");
+        report
+    }
+
     pub fn report(&self) -> String {
         format!(
             "sent {}, 200 {} {:?}, connections {}, told to close {}, refused {}, failures {}: {:?}",

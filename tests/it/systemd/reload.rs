@@ -80,12 +80,7 @@ async fn reload_twice_under_load_refuses_nothing_fails_nothing_and_old_processes
     // The load runs for 3 s at least, whatever the reloads took.
     tokio::time::sleep_until(started + secs(3)).await;
     let tally = load.stop().await;
-    let report = tally.report();
-    println!("{report}");
-
-    assert_eq!(tally.refused, 0, "{report}");
-    assert!(tally.failures.is_empty(), "{report}");
-    assert_eq!(tally.sent, tally.ok(), "{report}");
+    let report = tally.assert_nothing_lost();
     for gen in ["gen1", "gen2", "gen3"] {
         assert!(tally.served_by(gen) > 0, "{gen} served nothing: {report}");
     }
@@ -203,11 +198,7 @@ async fn reload_with_a_broken_config_keeps_the_old_process_serving_and_logs_the_
     let before = load.counts().get("old").copied().unwrap_or(0);
     assert!(load.served("old", before + 50, secs(10)).await, "{:?}", load.counts());
     let tally = load.stop().await;
-    let report = tally.report();
-    println!("{report}");
-    assert_eq!(tally.refused, 0, "{report}");
-    assert!(tally.failures.is_empty(), "{report}");
-    assert_eq!(tally.sent, tally.ok(), "{report}");
+    tally.assert_nothing_lost();
     assert!(!proxy.has_exited(), "the old process serves on");
     assert_eq!(lines_with(&proxy.logs, "ready").len(), 1, "no new process got ready");
     assert!(lines_with(&proxy.logs, HANDED_OVER).is_empty());
