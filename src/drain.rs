@@ -10,8 +10,11 @@
 //! the guard whose drop took the count to zero — there is no polling timer, so the process can
 //! exit the instant the count reaches zero.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
@@ -53,6 +56,9 @@ impl Phase {
 struct Shared {
     /// Mirror of the watch value for the per-request hot path (a load instead of a lock).
     phase: AtomicU8,
+    /// Bumped before every publication on the watch (and when its sender goes), so a waiter
+    /// can tell that a wake-up may have come from it; see [`DrainWatch::reached`].
+    publications: AtomicU64,
     /// Accepted connections whose sockets are still open (tunnels included).
     open: AtomicUsize,
     /// Requests whose response has not finished.
@@ -123,6 +129,13 @@ impl Default for Drain {
     }
 }
 
+impl Drop for Drain {
+    fn drop(&mut self) {
+        // The watch's sender drops after this and wakes its waiters: let them look.
+        self.shared.publications.fetch_add(1, Ordering::Release);
+    }
+}
+
 impl Drain {
     /// A drain in the `Serving` phase with nothing open.
     pub fn new() -> Self {
@@ -142,6 +155,7 @@ impl Drain {
             self.shared.tunnels_at_drain.store(tunnels, Ordering::Relaxed);
         }
         self.shared.phase.store(phase as u8, Ordering::Release);
+        self.shared.publications.fetch_add(1, Ordering::Release);
         self.phase.send_replace(phase);
     }
 
@@ -184,9 +198,26 @@ impl DrainWatch {
     }
 
     /// Resolves once the phase is at least `phase` (at once if it already is).
+    ///
+    /// Made to sit in a `select!` next to a connection, which polls it at every wake-up of
+    /// the task: the watch itself (a lock and a waiter list) is polled again only when a
+    /// publication happened or the task's waker changed since it last was.
     pub async fn reached(&mut self, phase: Phase) {
+        let DrainWatch { phase: receiver, shared } = self;
         // An error means the owner is gone, which only happens at exit: treat it as reached.
-        let _ = self.phase.wait_for(|p| *p >= phase).await;
+        let mut waiting = pin!(receiver.wait_for(|p| *p >= phase));
+        let mut registered: Option<(u64, Waker)> = None;
+        poll_fn(|cx| {
+            let publications = shared.publications.load(Ordering::Acquire);
+            if let Some((seen, waker)) = &registered {
+                if *seen == publications && waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            registered = Some((publications, cx.waker().clone()));
+            waiting.as_mut().poll(cx).map(|_| ())
+        })
+        .await
     }
 
     /// Resolves once the phase is exactly `phase` (at once if it already is).
@@ -338,6 +369,33 @@ mod tests {
         drain.set_phase(Phase::Draining);
         tokio::time::timeout(Duration::from_secs(1), watch.reached(Phase::Grace)).await.unwrap();
         assert!(watch.phase().is_draining());
+    }
+
+    /// A waiter polled at every wake-up (as in a `select!`) must not lose its place in the
+    /// watch to a publication that did not reach its phase.
+    #[tokio::test]
+    async fn reached_waits_through_earlier_phases_and_repeats() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        let waiter = tokio::spawn(async move { watch.reached(Phase::Draining).await });
+        tokio::task::yield_now().await;
+        for phase in [Phase::Grace, Phase::Grace, Phase::Serving] {
+            drain.set_phase(phase);
+            tokio::task::yield_now().await;
+            assert!(!waiter.is_finished(), "{phase:?} is not Draining");
+        }
+        drain.set_phase(Phase::Draining);
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("reached").unwrap();
+    }
+
+    #[tokio::test]
+    async fn reached_resolves_when_the_owner_goes() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        let waiter = tokio::spawn(async move { watch.reached(Phase::Draining).await });
+        tokio::task::yield_now().await;
+        drop(drain);
+        tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("resolved").unwrap();
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct RequestFraming {
     line_len: usize,
     /// The current line had more than [`LINE_KEEP`] non-blank bytes.
     line_truncated: bool,
+    /// The current line cannot matter (its first byte says so): only its end is looked for.
+    line_skipped: bool,
     head: HeadFacts,
     heads: u64,
     conflict_at: Option<u64>,
@@ -80,6 +82,7 @@ impl RequestFraming {
             line: [0; LINE_KEEP],
             line_len: 0,
             line_truncated: false,
+            line_skipped: false,
             head: HeadFacts::default(),
             heads: 0,
             conflict_at: None,
@@ -145,20 +148,10 @@ impl RequestFraming {
     /// Consumes bytes up to and including the next `\n` (or all of them), keeping the start of
     /// the line; returns how many bytes were used.
     fn feed_line(&mut self, bytes: &[u8]) -> usize {
-        let end = bytes.iter().position(|&b| b == b'\n');
+        let end = memchr::memchr(b'\n', bytes);
         let part = &bytes[..end.unwrap_or(bytes.len())];
-        for &b in part {
-            // Header names and the values read here hold no blanks: skip them, so that padding
-            // cannot push a value out of the kept bytes.
-            if b == b' ' || b == b'\t' {
-                continue;
-            }
-            if self.line_len < LINE_KEEP {
-                self.line[self.line_len] = b;
-                self.line_len += 1;
-            } else {
-                self.line_truncated = true;
-            }
+        if !self.line_skipped {
+            self.keep(part);
         }
         if self.state == State::Idle && self.line_len > 0 && !(self.line_len == 1 && self.line[0] == b'\r') {
             self.state = State::Head;
@@ -171,10 +164,46 @@ impl RequestFraming {
                     len -= 1;
                 }
                 self.line_len = 0;
+                self.line_skipped = false;
                 let truncated = std::mem::take(&mut self.line_truncated);
                 self.end_line(len, truncated);
                 i + 1
             }
+        }
+    }
+
+    /// Keeps the non-blank bytes of `part` of the current line, up to [`LINE_KEEP`].
+    fn keep(&mut self, part: &[u8]) {
+        for &b in part {
+            // Header names and the values read here hold no blanks: skip them, so that padding
+            // cannot push a value out of the kept bytes.
+            if b == b' ' || b == b'\t' {
+                continue;
+            }
+            if self.line_len == 0 && !self.may_matter(b) {
+                // Keep the one byte: the line is not empty, and matches no name looked for.
+                self.line[0] = b;
+                self.line_len = 1;
+                self.line_skipped = true;
+                return;
+            }
+            if self.line_len < LINE_KEEP {
+                self.line[self.line_len] = b;
+                self.line_len += 1;
+            } else {
+                self.line_truncated = true;
+            }
+        }
+    }
+
+    /// Whether a line starting with `first` can say anything the tracker needs: a request line
+    /// that may be the HTTP/2 preface, a framing header, the empty line ending a head, or any
+    /// line of a chunked body.
+    fn may_matter(&self, first: u8) -> bool {
+        match self.state {
+            State::Idle | State::Head if !self.head.first_line_seen => first == b'P' || first == b'\r',
+            State::Head => matches!(first, b'c' | b'C' | b't' | b'T' | b'\r'),
+            _ => true,
         }
     }
 
@@ -343,6 +372,20 @@ mod tests {
         // tracking off once a 101 goes out.
         let f = feed_all(&[b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"]);
         assert_eq!((f.heads(), f.position()), (1, Position::Idle));
+    }
+
+    #[test]
+    fn framing_headers_among_others_are_found_however_the_stream_is_split() {
+        let stream = b"POST / HTTP/1.1\r\nHost: x\r\nX-Content-Length: 9\r\nAccept: */*\r\n\
+            content-length: 2\r\nUser-Agent: t\r\n\r\nokPRI /x HTTP/1.1\r\nTE: x\r\n\
+            Transfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n0\r\n\r\n";
+        for cut in 0..stream.len() {
+            let f = feed_all(&[&stream[..cut], &stream[cut..]]);
+            assert_eq!(
+                (f.heads(), f.position(), f.conflict_at(), f.is_h2()),
+                (2, Position::Idle, Some(1), false)
+            );
+        }
     }
 
     #[test]

@@ -8,30 +8,55 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade` unless `upgrade`
 /// (an upgrade request or a 101 keeps `Upgrade` and `Connection: upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut connection = headers.get_all(header::CONNECTION).iter();
-    if let Some(first) = connection.next() {
+    // One pass over the names finds what is there; most messages carry none of these, and a
+    // removal costs a hash lookup each.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        present |= hop_by_hop_bit(name);
+    }
+    if present & CONNECTION_BIT != 0 {
+        let mut connection = headers.get_all(header::CONNECTION).iter();
+        let first = connection.next().map(HeaderValue::as_bytes);
         // The common cases name nothing else; any other value (or a second line) is parsed.
-        let plain = first.as_bytes() == b"keep-alive" || first.as_bytes() == b"close";
+        let plain = matches!(first, Some(b"keep-alive" | b"close"));
         if !plain || connection.next().is_some() {
             remove_named_by_connection(headers);
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING] {
-        headers.remove(name);
+    for (bit, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << bit) != 0 && (*name != header::UPGRADE || !upgrade) {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
+}
+
+/// The hop-by-hop headers besides `Connection`; a header's index is its bit in the set
+/// [`remove_hop_by_hop`] collects.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const CONNECTION_BIT: u8 = 1 << 6;
+
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if *name == header::CONNECTION {
+        return CONNECTION_BIT;
+    }
+    HOP_BY_HOP.iter().position(|hop| hop == name).map_or(0, |i| 1 << i)
 }
 
 fn remove_named_by_connection(headers: &mut HeaderMap) {
@@ -57,17 +82,22 @@ pub fn client_ip_value(client: IpAddr) -> HeaderValue {
 /// Appends the client's address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` (the latter from the host the client asked for, if any).
 pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, tls: bool, host: Option<&HeaderValue>) {
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(previous) if !previous.is_empty() => {
-            let mut joined = Vec::with_capacity(previous.len() + 2 + client.len());
-            joined.extend_from_slice(previous);
-            joined.extend_from_slice(b", ");
+    match headers.entry(&X_FORWARDED_FOR) {
+        // Earlier hops' lines are joined into one, with the client last.
+        header::Entry::Occupied(mut earlier) => {
+            let mut joined = Vec::with_capacity(64);
+            for value in earlier.iter().filter(|v| !v.is_empty()) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
             joined.extend_from_slice(client.as_bytes());
-            HeaderValue::from_bytes(&joined).expect("joined from valid header bytes and an IP")
+            earlier
+                .insert(HeaderValue::from_bytes(&joined).expect("joined from valid header bytes and an IP"));
         }
-        _ => client.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+        header::Entry::Vacant(none) => {
+            none.insert(client.clone());
+        }
+    }
     let proto = if tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
@@ -130,6 +160,17 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_joined() {
+        let mut h =
+            map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", ""), ("x-forwarded-for", "10.0.0.2")]);
+        add_forwarded(&mut h, &client_ip_value("192.0.2.7".parse().unwrap()), false, None);
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["10.0.0.1, 10.0.0.2, 192.0.2.7"]
+        );
     }
 
     #[test]

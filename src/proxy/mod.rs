@@ -243,7 +243,10 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 /// Turns a downstream request into what the upstream gets: origin-form target, HTTP/1.1,
 /// `Host` set, hop-by-hop headers removed, `X-Forwarded-*` added, `Expect` answered by us.
 fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<HeaderValue>, upgrade: bool) {
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+    // Absolute-form (or HTTP/2 `:authority`): the host moves into `Host`. Otherwise the host
+    // came from `Host`, which stays as it is.
+    let host_from_target = req.uri().scheme().is_some() || req.uri().authority().is_some();
+    if host_from_target {
         let target = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(target);
     }
@@ -253,7 +256,7 @@ fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<Hea
     // hyper already answered `100 Continue` downstream once we started reading the body.
     headers.remove(header::EXPECT);
     headers::add_forwarded(headers, &conn.client_ip, conn.tls, host.as_ref());
-    if let Some(host) = host {
+    if let Some(host) = host.filter(|_| host_from_target) {
         headers.insert(header::HOST, host);
     }
 }
