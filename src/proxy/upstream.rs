@@ -110,7 +110,9 @@ impl Upstream {
                     (Attempt::NotSent(back), _) => req = back,
                 }
             }
-            let sender = match self.connect(target).await {
+            // Boxed: connecting (TCP, maybe TLS, the handshake) is a large future, and inline
+            // it would make every request's future that large, pooled or not.
+            let sender = match Box::pin(self.connect(target)).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %e, "upstream connect failed");
