@@ -17,15 +17,17 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::client::UpstreamBody;
 use super::io::InFlight;
-use super::upstream::Pooled;
 use crate::drain::RequestGuard;
 
 /// What a response body is made of.
 #[derive(Debug)]
 enum Inner {
-    /// Streamed from the upstream.
-    Upstream(Incoming),
+    /// Streamed from a pooled upstream connection.
+    Upstream(UpstreamBody),
+    /// An upstream's answer other than `101` to an upgrade request (through hyper's client).
+    UpgradeRefused(Incoming),
     /// A short body lameduck wrote itself (errors, admin); `None` once sent.
     Full(Option<Bytes>),
 }
@@ -53,7 +55,6 @@ struct Finish {
     _request: RequestGuard,
     /// Keeps the request counted on its connection (for the idle timer) until now.
     _in_flight: InFlight,
-    pooled: Option<Pooled>,
     record: Option<AccessRecord>,
 }
 
@@ -69,9 +70,14 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// A body streamed from the upstream.
-    pub fn upstream(body: Incoming) -> Self {
+    /// A body streamed from a pooled upstream connection.
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody { inner: Inner::Upstream(body), bytes: 0, complete: false, finish: None }
+    }
+
+    /// The body of an upstream's refusal to upgrade.
+    pub fn upgrade_refused(body: Incoming) -> Self {
+        ResponseBody { inner: Inner::UpgradeRefused(body), bytes: 0, complete: false, finish: None }
     }
 
     /// A body lameduck writes itself.
@@ -87,20 +93,14 @@ impl ResponseBody {
     }
 
     /// Attaches the bookkeeping that runs when this response ends.
-    pub fn finish_with(
-        &mut self,
-        request: RequestGuard,
-        in_flight: InFlight,
-        pooled: Option<Pooled>,
-        record: Option<AccessRecord>,
-    ) {
-        self.finish = Some(Finish { _request: request, _in_flight: in_flight, pooled, record });
+    pub fn finish_with(&mut self, request: RequestGuard, in_flight: InFlight, record: Option<AccessRecord>) {
+        self.finish = Some(Finish { _request: request, _in_flight: in_flight, record });
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -108,7 +108,8 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Inner::UpgradeRefused(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -129,6 +130,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(body) => body.is_end_stream(),
+            Inner::UpgradeRefused(body) => body.is_end_stream(),
             Inner::Full(data) => data.is_none(),
         }
     }
@@ -136,6 +138,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(body) => body.size_hint(),
+            Inner::UpgradeRefused(body) => body.size_hint(),
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -147,11 +150,6 @@ impl Drop for ResponseBody {
             return;
         };
         let complete = self.complete || self.is_end_stream();
-        if let Some(pooled) = finish.pooled {
-            if complete {
-                pooled.release();
-            }
-        }
         if let Some(r) = finish.record {
             let (method, client) = (&r.method, &r.client);
             let duration_ms = r.started.elapsed().as_secs_f64() * 1000.0;

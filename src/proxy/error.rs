@@ -48,8 +48,8 @@ pub enum ProxyError {
     Failed {
         /// The upstream's name.
         upstream: Arc<str>,
-        /// What hyper saw.
-        source: hyper::Error,
+        /// What went wrong on the connection.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -135,7 +135,8 @@ impl fmt::Display for ProxyError {
 impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ProxyError::Failed { source, .. } | ProxyError::ClientAborted { source } => Some(source),
+            ProxyError::Failed { source, .. } => Some(source.as_ref()),
+            ProxyError::ClientAborted { source } => Some(source),
             _ => None,
         }
     }

@@ -7,6 +7,7 @@
 //! upgrade (a `101` from the upstream) hands both connections to [`crate::websocket`].
 
 mod body;
+mod client;
 pub mod conn;
 mod connect;
 mod error;
@@ -38,7 +39,7 @@ use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::tls::TlsMaterial;
 use body::AccessRecord;
 use route::Routes;
-use upstream::{Pooled, Upstream};
+use upstream::Upstream;
 
 /// Everything a request needs that does not change while the daemon runs.
 #[derive(Debug)]
@@ -135,12 +136,12 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
         forward(proxy, conn, req).await
     };
 
-    let (mut resp, pooled, upstream) = match outcome {
-        Ok((resp, pooled, upstream)) => (resp, pooled, Some(upstream)),
+    let (mut resp, upstream) = match outcome {
+        Ok((resp, upstream)) => (resp, Some(upstream)),
         Err(e) => {
             log_error(&e, conn.peer);
             let upstream = e.upstream().cloned();
-            (error_response(&e, &proxy.retry_after), None, upstream)
+            (error_response(&e, &proxy.retry_after), upstream)
         }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -155,7 +156,7 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
         client: conn.peer,
         started,
     });
-    resp.body_mut().finish_with(request_guard, in_flight, pooled, record);
+    resp.body_mut().finish_with(request_guard, in_flight, record);
     resp
 }
 
@@ -185,7 +186,7 @@ fn error_response(e: &ProxyError, retry_after: &HeaderValue) -> Response<Respons
     resp
 }
 
-type Forwarded = (Response<ResponseBody>, Option<Pooled>, Arc<str>);
+type Forwarded = (Response<ResponseBody>, Arc<str>);
 
 /// Routes `req`, rewrites it for the upstream, sends it, and rewrites the answer.
 async fn forward(
@@ -200,15 +201,32 @@ async fn forward(
         .ok_or(ProxyError::NoRoute)?;
     let upstream = &proxy.upstreams[index];
 
-    let upgrade = crate::websocket::wants_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    rewrite_request(&mut req, conn, host, upgrade);
-
+    if crate::websocket::wants_upgrade(&req) {
+        return forward_upgrade(proxy, conn, req, host, upstream).await;
+    }
+    rewrite_request(&mut req, conn, host, false);
     let sent = tokio::time::timeout(upstream.timeout, upstream.send(req)).await;
-    let (mut resp, pooled) = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
+    let mut resp = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
+    headers::remove_hop_by_hop(resp.headers_mut(), false);
+    // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
+    *resp.version_mut() = Version::HTTP_11;
+    Ok((resp.map(ResponseBody::upstream), upstream.name.clone()))
+}
 
-    if let Some(client_upgrade) = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
-    {
+/// Forwards an upgrade request; a `101` hands both connections to a tunnel.
+async fn forward_upgrade(
+    proxy: &Proxy,
+    conn: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    upstream: &Upstream,
+) -> Result<Forwarded, ProxyError> {
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    rewrite_request(&mut req, conn, host, true);
+    let sent = tokio::time::timeout(upstream.timeout, upstream.send_upgrade(req)).await;
+    let mut resp = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         headers::remove_hop_by_hop(resp.headers_mut(), true);
         crate::websocket::spawn_tunnel(
@@ -219,12 +237,11 @@ async fn forward(
             upstream_upgrade,
         );
         let (parts, _) = resp.into_parts();
-        return Ok((Response::from_parts(parts, ResponseBody::empty()), None, upstream.name.clone()));
+        return Ok((Response::from_parts(parts, ResponseBody::empty()), upstream.name.clone()));
     }
     headers::remove_hop_by_hop(resp.headers_mut(), false);
-    // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
     *resp.version_mut() = Version::HTTP_11;
-    Ok((resp.map(ResponseBody::upstream), Some(pooled), upstream.name.clone()))
+    Ok((resp.map(ResponseBody::upgrade_refused), upstream.name.clone()))
 }
 
 /// The host the client asked for: the request target's authority (absolute-form or HTTP/2

@@ -2,11 +2,12 @@
 //! of keep-alive HTTP/1.1 connections per address.
 //!
 //! A request goes to the next address in turn. An idle pooled connection to it is used if
-//! there is one; otherwise a new connection is made, and if that fails (refused, unreachable,
-//! `connect_timeout`) the next address is tried — safe for every method, since nothing was
-//! sent. hyper hands a request back when a pooled connection turned out to be closed before
-//! the request was written, so such a request is retried too. A connection returns to its pool
-//! only once its response body has been read to the end ([`Pooled::release`]).
+//! there is one (and the upstream has not closed it meanwhile); otherwise a new connection is
+//! made, and if that fails (refused, unreachable, `connect_timeout`) the next address is
+//! tried — safe for every method, since nothing was sent. A request the upstream dropped on a
+//! reused connection before answering is sent again when that is safe (see
+//! [`client::exchange`]). A connection returns to its pool only once its response body has
+//! been read to the end.
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,13 +16,14 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
-use super::connect::connect_io;
+use super::client::{self, Conn, ExchangeError, Outcome, UpstreamBody};
+use super::connect::{connect_io, UpstreamIo};
 use super::error::ProxyError;
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::{self, UpstreamTls};
@@ -48,34 +50,21 @@ pub struct Target {
     pub(super) addr: UpstreamAddr,
     /// Set for https upstreams.
     pub(super) tls: Option<UpstreamTls>,
-    idle: Mutex<Vec<SendRequest<Incoming>>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
-/// A connection lent to one request; goes back to its pool on [`Pooled::release`].
-#[derive(Debug)]
-pub struct Pooled {
-    target: Arc<Target>,
-    sender: SendRequest<Incoming>,
-}
-
-impl Pooled {
-    /// Returns the connection to its pool; call only after the response body was read whole.
-    pub fn release(self) {
-        if self.sender.is_closed() {
-            return;
-        }
-        let mut idle = self.target.idle.lock().expect("pool lock is never held across a panic");
+impl Target {
+    /// Takes back a connection whose last response was read whole.
+    pub(super) fn give_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock().expect("pool lock is never held across a panic");
         if idle.len() < MAX_IDLE_PER_ADDR {
-            idle.push(self.sender);
+            idle.push(conn);
         }
     }
-}
 
-/// What became of one attempt to send.
-enum Attempt {
-    Answered(Response<Incoming>),
-    /// Not sent: the connection was already closed. The request comes back for another try.
-    NotSent(Request<Incoming>),
+    fn take_idle(&self) -> Option<Conn> {
+        self.idle.lock().expect("pool lock is never held across a panic").pop()
+    }
 }
 
 impl Upstream {
@@ -98,78 +87,76 @@ impl Upstream {
         }
     }
 
-    /// Sends `req` to the next address in turn, failing over as described in the module doc.
-    /// The connection comes back as [`Pooled`], to be released once the body was read whole.
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<(Response<Incoming>, Pooled), ProxyError> {
+    /// Sends `req` (which asks for no upgrade) to the next address in turn, failing over as
+    /// described in the module doc. The response body gives the connection back to its pool
+    /// once it has been read whole.
+    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.targets.len() {
             let target = &self.targets[(first + i) % self.targets.len()];
-            while let Some(sender) = take_idle(target) {
-                match self.attempt(target, sender, req).await? {
-                    (Attempt::Answered(resp), pooled) => return Ok((resp, pooled)),
-                    (Attempt::NotSent(back), _) => req = back,
-                }
-            }
-            // Boxed: connecting (TCP, maybe TLS, the handshake) is a large future, and inline
-            // it would make every request's future that large, pooled or not.
-            let sender = match Box::pin(self.connect(target)).await {
-                Ok(sender) => sender,
-                Err(e) => {
-                    warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %e, "upstream connect failed");
+            while let Some(mut conn) = target.take_idle() {
+                if !conn.is_alive() {
                     continue;
                 }
-            };
-            match self.attempt(target, sender, req).await? {
-                (Attempt::Answered(resp), pooled) => return Ok((resp, pooled)),
-                (Attempt::NotSent(back), _) => req = back,
+                match client::exchange(conn, req, target.clone()).await.map_err(|e| self.failed(e))? {
+                    Outcome::Answered(resp) => return Ok(resp),
+                    Outcome::NotSent(back) => req = back,
+                }
+            }
+            let Some(io) = self.connect(target).await else { continue };
+            match client::exchange(Conn::new(io), req, target.clone()).await.map_err(|e| self.failed(e))? {
+                Outcome::Answered(resp) => return Ok(resp),
+                Outcome::NotSent(back) => req = back,
             }
         }
         Err(ProxyError::Unavailable { upstream: self.name.clone() })
     }
 
-    async fn attempt(
-        &self,
-        target: &Arc<Target>,
-        mut sender: SendRequest<Incoming>,
-        req: Request<Incoming>,
-    ) -> Result<(Attempt, Pooled), ProxyError> {
-        let pooled = |sender| Pooled { target: target.clone(), sender };
-        if sender.ready().await.is_err() {
-            return Ok((Attempt::NotSent(req), pooled(sender)));
-        }
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((Attempt::Answered(resp), pooled(sender))),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Ok((Attempt::NotSent(req), pooled(sender))),
+    /// Sends an upgrade request (WebSocket) on a connection of its own, through hyper's
+    /// client, which hands the connection over if the upstream answers `101`.
+    pub async fn send_upgrade(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.targets.len() {
+            let target = &self.targets[(first + i) % self.targets.len()];
+            let Some(io) = self.connect(target).await else { continue };
+            let failed =
+                |e: hyper::Error| ProxyError::Failed { upstream: self.name.clone(), source: e.into() };
+            let (mut sender, conn) = http1::handshake(TokioIo::new(io)).await.map_err(failed)?;
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!(upstream.name = %name, error = %e, "upstream connection ended");
+                }
+            });
+            return sender.send_request(req).await.map_err(|e| match e.is_user() {
                 // The client's own body failed (it went away mid-upload): not the upstream's fault.
-                None if e.error().is_user() => Err(ProxyError::ClientAborted { source: e.into_error() }),
-                None => Err(ProxyError::Failed { upstream: self.name.clone(), source: e.into_error() }),
-            },
+                true => ProxyError::ClientAborted { source: e },
+                false => failed(e),
+            });
         }
+        Err(ProxyError::Unavailable { upstream: self.name.clone() })
     }
 
-    async fn connect(&self, target: &Target) -> io::Result<SendRequest<Incoming>> {
-        let stream = tokio::time::timeout(self.connect_timeout, connect_io(target))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        let (sender, conn) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(io::Error::other)?;
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(upstream.name = %name, error = %e, "upstream connection ended");
+    fn failed(&self, e: ExchangeError) -> ProxyError {
+        match e {
+            ExchangeError::ClientAborted(source) => ProxyError::ClientAborted { source },
+            ExchangeError::Upstream(e) => {
+                ProxyError::Failed { upstream: self.name.clone(), source: e.into() }
             }
-        });
-        Ok(sender)
-    }
-}
-
-fn take_idle(target: &Target) -> Option<SendRequest<Incoming>> {
-    let mut idle = target.idle.lock().expect("pool lock is never held across a panic");
-    while let Some(sender) = idle.pop() {
-        if !sender.is_closed() {
-            return Some(sender);
         }
     }
-    None
+
+    /// A new connection to `target`, or `None` (logged) if it cannot be had: the caller
+    /// fails over to the next address. Boxed: connecting (TCP, maybe TLS) is a large future,
+    /// and inline it would make every request's future that large, pooled or not.
+    async fn connect(&self, target: &Target) -> Option<UpstreamIo> {
+        let connecting = Box::pin(tokio::time::timeout(self.connect_timeout, connect_io(target)));
+        let error = match connecting.await {
+            Ok(Ok(io)) => return Some(io),
+            Ok(Err(e)) => e,
+            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        };
+        warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %error, "upstream connect failed");
+        None
+    }
 }
