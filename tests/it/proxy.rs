@@ -5,6 +5,7 @@
 
 mod check;
 mod failures;
+mod wire;
 
 use http::Response;
 use http_body_util::BodyExt;

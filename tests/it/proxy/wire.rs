@@ -1,0 +1,255 @@
+//! The upstream side on the wire (lameduck's own HTTP/1.1 client): a scripted upstream
+//! writes exact response bytes — chunked with extensions and trailers, 1xx before the
+//! answer, HEAD and 204 without bodies, read-to-close bodies, garbage — and closes pooled
+//! connections the way real servers do, to show each is followed, that connections are
+//! reused only when that is safe, and that a closed pooled connection costs no request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness::*;
+
+/// What the scripted upstream does with one request.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// Writes these bytes and waits for the next request on the connection.
+    Send(&'static [u8]),
+    /// Writes these bytes and closes the connection (no `Connection: close` needed).
+    SendAndClose(&'static [u8]),
+    /// Answers right after the head, reads no body, and closes once the proxy does.
+    SendEarly(&'static [u8]),
+    /// Closes the connection without answering.
+    Drop,
+}
+
+/// An upstream that answers by script: `script(connection, request_on_it, head)`.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    async fn start(script: impl Fn(usize, usize, &str) -> Reply + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(script);
+        let (count, seen) = (connections.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let index = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, index, script.clone(), seen.clone()));
+            }
+        });
+        Scripted { addr, connections, heads }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+type Script = dyn Fn(usize, usize, &str) -> Reply + Send + Sync;
+
+async fn serve(mut stream: TcpStream, conn: usize, script: Arc<Script>, heads: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    for request in 0.. {
+        let Some(head) = read_head(&mut stream, &mut buf).await else { return };
+        heads.lock().unwrap().push(head.clone());
+        let reply = script(conn, request, &head);
+        if !matches!(reply, Reply::SendEarly(_)) && !skip_body(&mut stream, &mut buf, &head).await {
+            return;
+        }
+        match reply {
+            Reply::Send(bytes) => stream.write_all(bytes).await.unwrap(),
+            Reply::SendAndClose(bytes) => return stream.write_all(bytes).await.unwrap(),
+            Reply::SendEarly(bytes) => {
+                stream.write_all(bytes).await.unwrap();
+                // Read on until the proxy closes, so closing sends no reset over the answer.
+                let mut sink = [0u8; 64 * 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                return;
+            }
+            Reply::Drop => return,
+        }
+    }
+}
+
+/// Reads one request head; `None` at EOF.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            return Some(String::from_utf8_lossy(&head).into_owned());
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads and discards the request body (`Content-Length` or chunked); false at EOF.
+async fn skip_body(stream: &mut TcpStream, buf: &mut Vec<u8>, head: &str) -> bool {
+    let head = head.to_ascii_lowercase();
+    let header = |name: &str| head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()));
+    let chunked = header("transfer-encoding:").is_some_and(|te| te.contains("chunked"));
+    let length = header("content-length:").map_or(0, |v| v.parse::<usize>().unwrap());
+    // A chunked body here is small: it ends at the first empty last chunk.
+    let end = |buf: &[u8]| {
+        if chunked {
+            buf.windows(5).position(|w| w == b"0\r\n\r\n").map(|i| i + 5)
+        } else {
+            (buf.len() >= length).then_some(length)
+        }
+    };
+    loop {
+        if let Some(end) = end(buf) {
+            buf.drain(..end);
+            return true;
+        }
+        let mut chunk = [0u8; 64 * 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+#[tokio::test]
+async fn response_framings_are_followed_and_the_connection_reused() {
+    let upstream = Scripted::start(|_, _, head| {
+        let path = head.split(' ').nth(1).unwrap_or_default();
+        match path {
+            "/chunked" => Reply::Send(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            ),
+            "/hints" => Reply::Send(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ),
+            "/empty" => Reply::Send(b"HTTP/1.1 204 No Content\r\nX-Empty: 1\r\n\r\n"),
+            "/head" => Reply::Send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+            "/old" => Reply::SendAndClose(b"HTTP/1.0 200 OK\r\nX-Old: 1\r\n\r\nuntil the end"),
+            _ => Reply::Send(OK_HELLO),
+        }
+    })
+    .await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let mut client = RawConn::connect(proxy.addr).await;
+
+    client.send(b"GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let chunked = client.read_response().await;
+    assert_eq!((chunked.status, chunked.body_text().as_str()), (200, "hello, world"));
+    client.send(b"GET /hints HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let hinted = client.read_response().await;
+    assert_eq!((hinted.status, hinted.body_text().as_str()), (200, "ok"), "the 103 is not the answer");
+    client.send(b"DELETE /empty HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let empty = client.read_response().await;
+    assert_eq!((empty.status, empty.header("x-empty")), (204, Some("1")));
+    client.send(b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = client.try_read_response(true, PROMPT).await.unwrap();
+    assert_eq!((head.status, head.header("content-length")), (200, Some("5")));
+    client.send(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.read_response().await.body_text(), "hello", "HEAD left nothing behind");
+    assert_eq!(upstream.connections(), 1, "every answer so far left the connection reusable");
+
+    client.send(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let old = client.read_response().await;
+    assert_eq!((old.status, old.body_text().as_str()), (200, "until the end"));
+    client.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.read_response().await.status, 200);
+    assert_eq!(upstream.connections(), 2, "a body read to the close takes its connection with it");
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_costs_no_request() {
+    // Closed after each answer, the way an upstream's keep-alive timeout closes it.
+    let upstream = Scripted::start(|_, _, _| Reply::SendAndClose(OK_HELLO)).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let mut client = RawConn::connect(proxy.addr).await;
+    // Whether the proxy has seen the upstream's FIN when the next request comes or meets it
+    // on the wire, the request is answered.
+    for _ in 0..3 {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(client.read_response().await.status, 200);
+    }
+    assert_eq!(upstream.connections(), 3);
+}
+
+#[tokio::test]
+async fn a_request_dropped_on_a_reused_connection_is_retried_only_if_idempotent() {
+    // Every connection answers its first request and drops its second: the race in which an
+    // upstream closes an idle connection just as the proxy sends on it.
+    let upstream =
+        Scripted::start(|_, request, _| if request == 0 { Reply::Send(OK_HELLO) } else { Reply::Drop }).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+
+    let first = raw_get(proxy.addr, "/warm").await;
+    assert_eq!(first.status, 200);
+    let retried = raw_get(proxy.addr, "/again").await;
+    assert_eq!((retried.status, retried.body_text().as_str()), (200, "hello"), "GET is sent again");
+    assert_eq!(upstream.connections(), 2);
+
+    let post = raw_request(
+        proxy.addr,
+        b"POST /once HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert_eq!(post.status, 502, "a POST the upstream may have acted on is not sent twice");
+    let posts = upstream.heads().iter().filter(|h| h.starts_with("POST /once")).count();
+    assert_eq!(posts, 1);
+}
+
+#[tokio::test]
+async fn an_upstream_answering_before_the_upload_ends_is_heard() {
+    let upstream = Scripted::start(|_, _, _| {
+        Reply::SendEarly(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+    })
+    .await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let mut client = RawConn::connect(proxy.addr).await;
+    client.send(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n").await;
+    // Some of the body, far from all of it: the answer must not wait for the rest.
+    let _ = client.try_send(&vec![b'x'; 256 * 1024]).await;
+    let answer = client.try_read_response(false, PROMPT).await.expect("the upstream's answer");
+    assert_eq!((answer.status, answer.body_text().as_str()), (413, "too large"));
+}
+
+#[tokio::test]
+async fn an_upstream_speaking_garbage_gets_502() {
+    let upstream = Scripted::start(|_, _, _| Reply::SendAndClose(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let got = raw_get(proxy.addr, "/").await;
+    assert_eq!(got.status, 502);
+    assert!(got.body_text().contains("app"), "the 502 names the upstream: {:?}", got.body_text());
+}
+
+#[tokio::test]
+async fn chunked_uploads_reach_the_upstream_chunked() {
+    let upstream = Scripted::start(|_, _, _| Reply::SendAndClose(OK_HELLO)).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let sent = raw_request(
+        proxy.addr,
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(sent.status, 200);
+    let head = upstream.heads().pop().unwrap().to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
+}
