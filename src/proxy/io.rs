@@ -121,7 +121,27 @@ pub struct ConnIo<I> {
     linger: Option<usize>,
     /// A plain TCP stream, whose close needs no protocol goodbye (TLS sends close_notify).
     plain_tcp: bool,
+    /// The connection's first bytes, read ahead of a small first read; see [`ReadAhead`].
+    ahead: ReadAhead,
 }
+
+/// hyper-util tells HTTP/1 from HTTP/2 by reading exactly the 24 bytes of the HTTP/2 preface
+/// first, and then reads the rest of the request: two reads where one would do. A first read
+/// that small reads a whole buffer from the socket instead and is served from it.
+#[derive(Debug)]
+enum ReadAhead {
+    /// Nothing has been read yet.
+    NotYet,
+    /// Bytes read ahead, from the offset on not yet handed out.
+    Holding(Vec<u8>, usize),
+    /// Reads go straight to the socket.
+    Done,
+}
+
+/// A first read asking for less than this reads ahead.
+const SMALL_FIRST_READ: usize = 64;
+/// How much a read ahead takes from the socket (a whole ordinary request head).
+const READ_AHEAD: usize = 4096;
 
 /// How long a closing connection keeps reading what the client still sends.
 const LINGER_TIME: Duration = Duration::from_secs(1);
@@ -153,6 +173,7 @@ impl<I> ConnIo<I> {
             timer_at: None,
             linger: None,
             plain_tcp,
+            ahead: ReadAhead::NotYet,
         }
     }
 
@@ -229,11 +250,45 @@ impl<I> ConnIo<I> {
     }
 }
 
+impl<I: AsyncRead + Unpin> ConnIo<I> {
+    /// Reads up to [`READ_AHEAD`] bytes from the socket and serves the start of them.
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut ahead = vec![0u8; READ_AHEAD];
+        let mut into = ReadBuf::new(&mut ahead);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut into))?;
+        let n = into.filled().len();
+        ahead.truncate(n);
+        self.ahead = ReadAhead::Holding(ahead, 0);
+        self.serve_ahead(buf)
+    }
+
+    /// Hands out bytes read ahead; the last of them ends the read-ahead.
+    fn serve_ahead(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let ReadAhead::Holding(ahead, from) = &mut self.ahead {
+            let take = buf.remaining().min(ahead.len() - *from);
+            buf.put_slice(&ahead[*from..*from + take]);
+            *from += take;
+            if *from == ahead.len() {
+                self.ahead = ReadAhead::Done;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let read = match &mut this.ahead {
+            ReadAhead::NotYet if buf.remaining() < SMALL_FIRST_READ => this.poll_read_ahead(cx, buf),
+            ReadAhead::Holding(..) => this.serve_ahead(buf),
+            _ => Pin::new(&mut this.inner).poll_read(cx, buf),
+        };
+        if !matches!(this.ahead, ReadAhead::Holding(..)) && read.is_ready() {
+            this.ahead = ReadAhead::Done;
+        }
+        match read {
             Poll::Ready(Ok(())) => {
                 if this.framing.position() != Position::Off {
                     this.observe(&buf.filled()[before..]);
