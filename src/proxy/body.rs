@@ -55,7 +55,8 @@ struct Finish {
     _request: RequestGuard,
     /// Keeps the request counted on its connection (for the idle timer) until now.
     _in_flight: InFlight,
-    record: Option<AccessRecord>,
+    /// Boxed: only there when access logs are on, and every response carries the field.
+    record: Option<Box<AccessRecord>>,
 }
 
 /// The body of every response lameduck sends downstream.
@@ -93,7 +94,12 @@ impl ResponseBody {
     }
 
     /// Attaches the bookkeeping that runs when this response ends.
-    pub fn finish_with(&mut self, request: RequestGuard, in_flight: InFlight, record: Option<AccessRecord>) {
+    pub fn finish_with(
+        &mut self,
+        request: RequestGuard,
+        in_flight: InFlight,
+        record: Option<Box<AccessRecord>>,
+    ) {
         self.finish = Some(Finish { _request: request, _in_flight: in_flight, record });
     }
 }

@@ -276,7 +276,7 @@ impl Exchange {
     fn answered(self, target: Arc<Target>) -> Response<UpstreamBody> {
         let head = self.head.expect("answered only once the head is in");
         let keep_alive = head.keep_alive && !self.upload.failed;
-        let upload = Some(self.upload).filter(|u| !u.finished());
+        let upload = Some(Box::new(self.upload)).filter(|u| !u.finished());
         let body = UpstreamBody { conn: Some(self.conn), framing: head.framing, keep_alive, upload, target };
         let (parts, ()) = head.response.into_parts();
         Response::from_parts(parts, body)
@@ -304,18 +304,32 @@ impl Exchange {
 /// Sends `req` on `conn` and reads the response head. `target` takes the connection back
 /// once the response body has been read whole, if the connection can carry another request.
 /// A failure that may be retried elsewhere gives the request back as [`Outcome::NotSent`].
-pub async fn exchange(
-    conn: Conn,
-    req: Request<Incoming>,
-    target: Arc<Target>,
-) -> Result<Outcome, ExchangeError> {
-    let mut exchange = Exchange::new(conn, req);
-    match std::future::poll_fn(|cx| exchange.poll(cx)).await {
-        Ok(()) => Ok(Outcome::Answered(exchange.answered(target))),
-        Err(e) if exchange.retryable(&e) => {
-            Ok(Outcome::NotSent(Request::from_parts(exchange.parts, exchange.upload.body)))
-        }
-        Err(e) => Err(e),
+pub fn exchange(conn: Conn, req: Request<Incoming>, target: Arc<Target>) -> Exchanging {
+    Exchanging { exchange: Some(Exchange::new(conn, req)), target: Some(target) }
+}
+
+/// The future of [`exchange`]: written by hand so that it holds the exchange once (an async
+/// fn would also keep its arguments), since it sits inside every request's future.
+pub struct Exchanging {
+    exchange: Option<Exchange>,
+    target: Option<Arc<Target>>,
+}
+
+impl std::future::Future for Exchanging {
+    type Output = Result<Outcome, ExchangeError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let polled = this.exchange.as_mut().expect("polled after completion").poll(cx);
+        let result = std::task::ready!(polled);
+        let exchange = this.exchange.take().expect("present until completion");
+        Poll::Ready(match result {
+            Ok(()) => Ok(Outcome::Answered(exchange.answered(this.target.take().expect("taken once")))),
+            Err(e) if exchange.retryable(&e) => {
+                Ok(Outcome::NotSent(Request::from_parts(exchange.parts, exchange.upload.body)))
+            }
+            Err(e) => Err(e),
+        })
     }
 }
 
@@ -374,9 +388,13 @@ fn encode_head(req: &Request<Incoming>) -> (Bytes, RequestBody) {
 /// head (other than 101) is skipped: the final answer follows it.
 fn parse_head(buf: &mut BytesMut, method_is_head: bool) -> io::Result<Option<Head>> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(invalid(&format!("bad response head: {e}"))),
@@ -385,12 +403,16 @@ fn parse_head(buf: &mut BytesMut, method_is_head: bool) -> io::Result<Option<Hea
         let http11 = parsed.version == Some(1);
         // Where each name and value sits in `buf`, so that values can share its bytes.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        if len > usize::from(u16::MAX) {
+            return Err(invalid("response head too large"));
+        }
+        let mut spans = [(0u16, 0u16, 0u16, 0u16); MAX_HEADERS];
         let count = parsed.headers.len();
         for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
-            *span = (name as u32, h.name.len() as u32, value as u32, h.value.len() as u32);
+            // Within the head, which is shorter than 64 KiB (checked above).
+            *span = (name as u16, h.name.len() as u16, value as u16, h.value.len() as u16);
         }
         let head = buf.split_to(len).freeze();
         let status = StatusCode::from_u16(code).map_err(|_| invalid("bad response status"))?;
@@ -403,9 +425,11 @@ fn parse_head(buf: &mut BytesMut, method_is_head: bool) -> io::Result<Option<Hea
         let mut headers = HeaderMap::with_capacity(count);
         let mut facts = HeadFacts::default();
         for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-            let name = &head[name_at as usize..(name_at + name_len) as usize];
+            let (name_at, name_len) = (usize::from(name_at), usize::from(name_len));
+            let (value_at, value_len) = (usize::from(value_at), usize::from(value_len));
+            let name = &head[name_at..name_at + name_len];
             let name = HeaderName::from_bytes(name).map_err(|_| invalid("bad response header name"))?;
-            let value = head.slice(value_at as usize..(value_at + value_len) as usize);
+            let value = head.slice(value_at..value_at + value_len);
             let value =
                 HeaderValue::from_maybe_shared(value).map_err(|_| invalid("bad response header value"))?;
             facts.note(&name, &value)?;
@@ -594,8 +618,9 @@ pub struct UpstreamBody {
     framing: Framing,
     /// The connection may carry another request after this response.
     keep_alive: bool,
-    /// What is left of the request to send, if the upstream answered before it had it all.
-    upload: Option<Upload>,
+    /// What is left of the request to send, if the upstream answered before it had it all
+    /// (boxed: rare, and every response carries this field).
+    upload: Option<Box<Upload>>,
     target: Arc<Target>,
 }
 
@@ -608,6 +633,11 @@ impl UpstreamBody {
             // leaves the upstream expecting more: such a connection is not reused.
             if self.keep_alive && conn.buf.is_empty() && self.upload.is_none() {
                 conn.reused = true;
+                if conn.buf.capacity() > 2 * MIN_READ {
+                    // A large download grew the buffer: an idle connection does not keep it.
+                    conn.buf = BytesMut::new();
+                    conn.read_size = MIN_READ;
+                }
                 self.target.give_back(conn);
             }
         }

@@ -148,13 +148,8 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
     if h1 && !switching && (ambiguous || conn.drain.phase().is_draining()) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let record = record.map(|(method, uri, started)| AccessRecord {
-        method,
-        uri,
-        status: resp.status(),
-        upstream,
-        client: conn.peer,
-        started,
+    let record = record.map(|(method, uri, started)| {
+        Box::new(AccessRecord { method, uri, status: resp.status(), upstream, client: conn.peer, started })
     });
     resp.body_mut().finish_with(request_guard, in_flight, record);
     resp
@@ -202,7 +197,8 @@ async fn forward(
     let upstream = &proxy.upstreams[index];
 
     if crate::websocket::wants_upgrade(&req) {
-        return forward_upgrade(proxy, conn, req, host, upstream).await;
+        // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
+        return Box::pin(forward_upgrade(proxy, conn, req, host, upstream)).await;
     }
     rewrite_request(&mut req, conn, host, false);
     let sent = tokio::time::timeout(upstream.timeout, upstream.send(req)).await;

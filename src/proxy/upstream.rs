@@ -94,19 +94,28 @@ impl Upstream {
         let first = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.targets.len() {
             let target = &self.targets[(first + i) % self.targets.len()];
-            while let Some(mut conn) = target.take_idle() {
-                if !conn.is_alive() {
-                    continue;
-                }
+            // Idle connections first, then a new one; one await of the exchange keeps the
+            // future (part of every request's) small.
+            loop {
+                let (conn, fresh) = match target.take_idle() {
+                    Some(mut idle) => {
+                        if !idle.is_alive() {
+                            continue;
+                        }
+                        (idle, false)
+                    }
+                    None => match self.connect(target).await {
+                        Some(io) => (Conn::new(io), true),
+                        None => break,
+                    },
+                };
                 match client::exchange(conn, req, target.clone()).await.map_err(|e| self.failed(e))? {
                     Outcome::Answered(resp) => return Ok(resp),
                     Outcome::NotSent(back) => req = back,
                 }
-            }
-            let Some(io) = self.connect(target).await else { continue };
-            match client::exchange(Conn::new(io), req, target.clone()).await.map_err(|e| self.failed(e))? {
-                Outcome::Answered(resp) => return Ok(resp),
-                Outcome::NotSent(back) => req = back,
+                if fresh {
+                    break;
+                }
             }
         }
         Err(ProxyError::Unavailable { upstream: self.name.clone() })
