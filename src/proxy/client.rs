@@ -126,7 +126,7 @@ struct Upload {
     body: Incoming,
     framing: RequestBody,
     /// Bytes queued for the socket, in order: the head, then body pieces.
-    out: VecDeque<Bytes>,
+    out: Outbox,
     /// The body has ended (or there is none) and its end is queued.
     done: bool,
     /// A body frame was taken from the client: the request can no longer be sent again.
@@ -140,7 +140,7 @@ impl Upload {
     fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         loop {
             if !self.out.is_empty() {
-                std::task::ready!(poll_write_out(io, &mut self.out, cx)).map_err(ExchangeError::Upstream)?;
+                std::task::ready!(self.out.poll_write(io, cx)).map_err(ExchangeError::Upstream)?;
             }
             if self.done {
                 // TLS keeps written records until flushed; plain TCP flushes at once.
@@ -160,11 +160,11 @@ impl Upload {
                 if let Ok(data) = frame.into_data() {
                     if !data.is_empty() {
                         if self.framing == RequestBody::Chunked {
-                            self.out.push_back(Bytes::from(format!("{:x}\r\n", data.len())));
-                            self.out.push_back(data);
-                            self.out.push_back(Bytes::from_static(b"\r\n"));
+                            self.out.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                            self.out.push(data);
+                            self.out.push(Bytes::from_static(b"\r\n"));
                         } else {
-                            self.out.push_back(data);
+                            self.out.push(data);
                         }
                     }
                 }
@@ -173,7 +173,7 @@ impl Upload {
             None => {
                 self.done = true;
                 if self.framing == RequestBody::Chunked {
-                    self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                    self.out.push(Bytes::from_static(b"0\r\n\r\n"));
                 }
             }
         }
@@ -186,22 +186,62 @@ impl Upload {
     }
 }
 
-/// Writes queued bytes until the queue is empty or the socket is full.
-fn poll_write_out(
-    io: &mut UpstreamIo,
-    out: &mut VecDeque<Bytes>,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<()>> {
-    while !out.is_empty() {
-        let mut slices = [IoSlice::new(&[]); 4];
-        let count = out.iter().zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
-        let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        advance(out, n);
+/// Bytes waiting for the upstream socket, oldest first. The first piece (the head, for most
+/// requests the only one) is kept apart so that a request without a body allocates no queue.
+#[derive(Debug)]
+struct Outbox {
+    first: Bytes,
+    rest: VecDeque<Bytes>,
+}
+
+impl Outbox {
+    fn new(first: Bytes) -> Self {
+        Outbox { first, rest: VecDeque::new() }
     }
-    Poll::Ready(Ok(()))
+
+    fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.rest.is_empty()
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if self.is_empty() {
+            self.first = bytes;
+        } else {
+            self.rest.push_back(bytes);
+        }
+    }
+
+    /// Writes until nothing is left or the socket is full.
+    fn poll_write(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 4];
+            let pieces = std::iter::once(&self.first).chain(&self.rest).filter(|b| !b.is_empty());
+            let count = pieces.zip(slices.iter_mut()).map(|(b, s)| *s = IoSlice::new(b)).count();
+            let n = std::task::ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            if self.first.is_empty() {
+                self.first = self.rest.pop_front().expect("no more written than was queued");
+            }
+            let take = n.min(self.first.len());
+            self.first.advance(take);
+            n -= take;
+        }
+        if self.first.is_empty() {
+            if let Some(next) = self.rest.pop_front() {
+                self.first = next;
+            }
+        }
+    }
 }
 
 /// One request in progress on one connection, until its response head is in.
@@ -227,8 +267,7 @@ impl Exchange {
         let (head, framing) = encode_head(&req);
         let (parts, body) = req.into_parts();
         let done = framing == RequestBody::None;
-        let upload =
-            Upload { body, framing, out: VecDeque::from([head]), done, touched: false, failed: false };
+        let upload = Upload { body, framing, out: Outbox::new(head), done, touched: false, failed: false };
         Exchange { conn, parts, upload, write_error: None, head: None }
     }
 
@@ -338,19 +377,6 @@ fn is_idempotent(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
-}
-
-/// Drops `n` written bytes from the front of the queue.
-fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let front = out.front_mut().expect("no more written than was queued");
-        if n < front.len() {
-            front.advance(n);
-            return;
-        }
-        n -= front.len();
-        out.pop_front();
-    }
 }
 
 /// The request head as bytes, and how its body goes on the wire.
@@ -779,6 +805,22 @@ mod tests {
     fn chunked_bodies_with_extensions_and_trailers_decode() {
         let wire = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
         assert_eq!(decode_all(&[wire]).unwrap(), (b"hello world".to_vec(), true));
+    }
+
+    #[test]
+    fn the_outbox_gives_bytes_back_in_order_across_partial_writes() {
+        let mut out = Outbox::new(Bytes::from_static(b"head"));
+        out.push(Bytes::from_static(b"-one"));
+        out.push(Bytes::from_static(b"-two"));
+        let mut written = Vec::new();
+        for step in [3, 2, 4, 3] {
+            let mut pending: Vec<u8> = out.first.to_vec();
+            out.rest.iter().for_each(|b| pending.extend_from_slice(b));
+            written.extend_from_slice(&pending[..step]);
+            out.advance(step);
+        }
+        assert!(out.is_empty());
+        assert_eq!(written, b"head-one-two");
     }
 
     #[test]
