@@ -260,7 +260,8 @@ impl Acceptor {
                     let info = ConnInfo { peer, tls: false, h2: false };
                     server.serve(stream, info, guard, drain).await;
                 }
-                Some(tls) => serve_tls(&server, &tls, stream, peer, guard, drain).await,
+                // Boxed: the handshake's state would otherwise enlarge every connection's task.
+                Some(tls) => Box::pin(serve_tls(&server, &tls, stream, peer, guard, drain)).await,
             }
         });
     }

@@ -68,8 +68,9 @@ impl ConnServer {
             drain: drain.clone(),
         });
         let service = ProxyService::new(self.proxy.clone(), conn_ctx);
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
+        // On the heap: hyper's connection state is large, and a future holding it inline is
+        // copied whole when the task is spawned.
+        let mut conn = Box::pin(self.builder.serve_connection_with_upgrades(TokioIo::new(io), service));
 
         let result = tokio::select! {
             result = conn.as_mut() => result,

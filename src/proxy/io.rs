@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -132,8 +133,8 @@ pub struct ConnIo<I> {
 enum ReadAhead {
     /// Nothing has been read yet.
     NotYet,
-    /// Bytes read ahead, from the offset on not yet handed out.
-    Holding(Vec<u8>, usize),
+    /// Bytes read ahead and not yet handed out.
+    Holding(BytesMut),
     /// Reads go straight to the socket.
     Done,
 }
@@ -253,22 +254,18 @@ impl<I> ConnIo<I> {
 impl<I: AsyncRead + Unpin> ConnIo<I> {
     /// Reads up to [`READ_AHEAD`] bytes from the socket and serves the start of them.
     fn poll_read_ahead(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut ahead = vec![0u8; READ_AHEAD];
-        let mut into = ReadBuf::new(&mut ahead);
-        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut into))?;
-        let n = into.filled().len();
-        ahead.truncate(n);
-        self.ahead = ReadAhead::Holding(ahead, 0);
+        let mut ahead = BytesMut::with_capacity(READ_AHEAD);
+        ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut ahead))?;
+        self.ahead = ReadAhead::Holding(ahead);
         self.serve_ahead(buf)
     }
 
     /// Hands out bytes read ahead; the last of them ends the read-ahead.
     fn serve_ahead(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if let ReadAhead::Holding(ahead, from) = &mut self.ahead {
-            let take = buf.remaining().min(ahead.len() - *from);
-            buf.put_slice(&ahead[*from..*from + take]);
-            *from += take;
-            if *from == ahead.len() {
+        if let ReadAhead::Holding(ahead) = &mut self.ahead {
+            let take = buf.remaining().min(ahead.len());
+            buf.put_slice(&ahead.split_to(take));
+            if ahead.is_empty() {
                 self.ahead = ReadAhead::Done;
             }
         }
@@ -282,10 +279,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
         let before = buf.filled().len();
         let read = match &mut this.ahead {
             ReadAhead::NotYet if buf.remaining() < SMALL_FIRST_READ => this.poll_read_ahead(cx, buf),
-            ReadAhead::Holding(..) => this.serve_ahead(buf),
+            ReadAhead::Holding(_) => this.serve_ahead(buf),
             _ => Pin::new(&mut this.inner).poll_read(cx, buf),
         };
-        if !matches!(this.ahead, ReadAhead::Holding(..)) && read.is_ready() {
+        if !matches!(this.ahead, ReadAhead::Holding(_)) && read.is_ready() {
             this.ahead = ReadAhead::Done;
         }
         match read {
