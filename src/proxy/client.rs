@@ -11,9 +11,12 @@
 //! Upgrade requests (WebSocket) still go through hyper's client, which hands over the
 //! upgraded connection; see [`super::upstream`].
 //!
-//! What it deliberately does not do: pipelining; sending the rest of a request body once the
-//! upstream has answered (the connection is then closed, not reused, like nginx does);
-//! forwarding trailers.
+//! An upstream may answer before it has the whole request body (an echo streams it back, a
+//! `413` refuses it): the rest of the body is still sent while the response streams, and if
+//! the response ends first the connection is closed rather than reused.
+//!
+//! What it deliberately does not do: pipelining; forwarding trailers or interim `1xx`
+//! answers; HTTP/1.0 keep-alive requests (requests always go out as HTTP/1.1).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
