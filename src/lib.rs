@@ -10,7 +10,8 @@
 //! - [`daemon`]: the lifecycle — listeners, signals, phases, the exit decision.
 //! - [`drain`]: the phase watch channel and connection accounting (RAII guards).
 //! - [`listener`]: binding and the accept loop.
-//! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools, error answers.
+//! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools and lameduck's own
+//!   HTTP/1.1 client for them, error answers.
 //! - [`websocket`]: upgraded connections; the frame-boundary tracker and the tunnel relay.
 //! - [`systemd`]: sd_notify, socket activation, the fd store, the watchdog.
 //! - [`reexec`]: zero-downtime re-exec on SIGHUP.
