@@ -371,14 +371,20 @@ mod tests {
         assert!(watch.phase().is_draining());
     }
 
+    /// A task waiting for `Draining`, polled once so that it is registered.
+    async fn waiting_for_draining(drain: &Drain) -> tokio::task::JoinHandle<()> {
+        let mut watch = drain.watch();
+        let waiter = tokio::spawn(async move { watch.reached(Phase::Draining).await });
+        tokio::task::yield_now().await;
+        waiter
+    }
+
     /// A waiter polled at every wake-up (as in a `select!`) must not lose its place in the
     /// watch to a publication that did not reach its phase.
     #[tokio::test]
     async fn reached_waits_through_earlier_phases_and_repeats() {
         let drain = Drain::new();
-        let mut watch = drain.watch();
-        let waiter = tokio::spawn(async move { watch.reached(Phase::Draining).await });
-        tokio::task::yield_now().await;
+        let waiter = waiting_for_draining(&drain).await;
         for phase in [Phase::Grace, Phase::Grace, Phase::Serving] {
             drain.set_phase(phase);
             tokio::task::yield_now().await;
@@ -391,9 +397,7 @@ mod tests {
     #[tokio::test]
     async fn reached_resolves_when_the_owner_goes() {
         let drain = Drain::new();
-        let mut watch = drain.watch();
-        let waiter = tokio::spawn(async move { watch.reached(Phase::Draining).await });
-        tokio::task::yield_now().await;
+        let waiter = waiting_for_draining(&drain).await;
         drop(drain);
         tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("resolved").unwrap();
     }

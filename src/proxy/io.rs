@@ -282,7 +282,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ConnIo<I> {
             ReadAhead::Holding(_) => this.serve_ahead(buf),
             _ => Pin::new(&mut this.inner).poll_read(cx, buf),
         };
-        if !matches!(this.ahead, ReadAhead::Holding(_)) && read.is_ready() {
+        if matches!(this.ahead, ReadAhead::NotYet) && read.is_ready() {
             this.ahead = ReadAhead::Done;
         }
         match read {

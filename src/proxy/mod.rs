@@ -201,11 +201,8 @@ async fn forward(
         return Box::pin(forward_upgrade(proxy, conn, req, host, upstream)).await;
     }
     rewrite_request(&mut req, conn, host, false);
-    let sent = tokio::time::timeout(upstream.timeout, upstream.send(req)).await;
-    let mut resp = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
-    headers::remove_hop_by_hop(resp.headers_mut(), false);
-    // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
-    *resp.version_mut() = Version::HTTP_11;
+    let mut resp = within_timeout(upstream, upstream.send(req)).await?;
+    rewrite_response(&mut resp);
     Ok((resp.map(ResponseBody::upstream), upstream.name.clone()))
 }
 
@@ -219,8 +216,7 @@ async fn forward_upgrade(
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true);
-    let sent = tokio::time::timeout(upstream.timeout, upstream.send_upgrade(req)).await;
-    let mut resp = sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })??;
+    let mut resp = within_timeout(upstream, upstream.send_upgrade(req)).await?;
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -235,9 +231,24 @@ async fn forward_upgrade(
         let (parts, _) = resp.into_parts();
         return Ok((Response::from_parts(parts, ResponseBody::empty()), upstream.name.clone()));
     }
-    headers::remove_hop_by_hop(resp.headers_mut(), false);
-    *resp.version_mut() = Version::HTTP_11;
+    rewrite_response(&mut resp);
     Ok((resp.map(ResponseBody::upgrade_refused), upstream.name.clone()))
+}
+
+/// `sending` bounded by the upstream's `timeout` for response headers (504 past it).
+async fn within_timeout<B>(
+    upstream: &Upstream,
+    sending: impl Future<Output = Result<Response<B>, ProxyError>>,
+) -> Result<Response<B>, ProxyError> {
+    let sent = tokio::time::timeout(upstream.timeout, sending).await;
+    sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })?
+}
+
+/// Turns an upstream's (non-101) response into what the client gets.
+fn rewrite_response<B>(resp: &mut Response<B>) {
+    headers::remove_hop_by_hop(resp.headers_mut(), false);
+    // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
+    *resp.version_mut() = Version::HTTP_11;
 }
 
 /// The host the client asked for: the request target's authority (absolute-form or HTTP/2

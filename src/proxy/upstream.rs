@@ -91,9 +91,7 @@ impl Upstream {
     /// described in the module doc. The response body gives the connection back to its pool
     /// once it has been read whole.
     pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, ProxyError> {
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.targets.len() {
-            let target = &self.targets[(first + i) % self.targets.len()];
+        for target in self.in_turn() {
             // Idle connections first, then a new one; one await of the exchange keeps the
             // future (part of every request's) small.
             loop {
@@ -124,9 +122,7 @@ impl Upstream {
     /// Sends an upgrade request (WebSocket) on a connection of its own, through hyper's
     /// client, which hands the connection over if the upstream answers `101`.
     pub async fn send_upgrade(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.targets.len() {
-            let target = &self.targets[(first + i) % self.targets.len()];
+        for target in self.in_turn() {
             let Some(io) = self.connect(target).await else { continue };
             let failed =
                 |e: hyper::Error| ProxyError::Failed { upstream: self.name.clone(), source: e.into() };
@@ -144,6 +140,13 @@ impl Upstream {
             });
         }
         Err(ProxyError::Unavailable { upstream: self.name.clone() })
+    }
+
+    /// Every address once, starting at the next in round-robin order.
+    fn in_turn(&self) -> impl Iterator<Item = &Arc<Target>> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.targets.len();
+        (0..n).map(move |i| &self.targets[(first + i) % n])
     }
 
     fn failed(&self, e: ExchangeError) -> ProxyError {
