@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Turns bench/run.sh's results.jsonl into bench/RESULTS.md: medians and min-max over the
-rounds, and every figure as a ratio to nginx computed within the same round."""
+rounds, and every figure as a ratio to nginx computed within the same round (and, when an older
+lameduck ran as lameduck-baseline, lameduck's figures as a ratio to it too).
+
+    report.py RESULTS.jsonl ROUNDS DURATION TUNNELS [BASELINE-BINARY]
+
+Benchmarks and proxies missing from the results are left out."""
 
 import json
 import os
@@ -10,8 +15,15 @@ import subprocess
 import sys
 from collections import defaultdict
 
-PROXIES = ["lameduck", "nginx", "haproxy"]
+PROXIES = ["lameduck", "lameduck-baseline", "nginx", "haproxy"]
+DISPLAY = {"lameduck": "lameduck", "lameduck-baseline": "lameduck-baseline", "nginx": "nginx",
+           "haproxy": "HAProxy"}
+# (proxy, reference, label): the ratios each proxy's cells show, as medians of per-round ratios
+RATIOS = [(p, "nginx", "nginx") for p in PROXIES if p != "nginx"] + [("lameduck", "lameduck-baseline", "baseline")]
+# figures that get no ratio
+NO_RATIO = ("errors", "gen busy", "success", "closes")
 SATURATED = 0.95
+BENCHES = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"]
 
 
 def version(cmd):
@@ -92,49 +104,73 @@ def fmt(x):
     return str(x)
 
 
+def ratio_cell(by, bench, rounds_of, proxy, ref, name):
+    """The median over the rounds of proxy's figure divided by ref's in the same round, or None."""
+    ratios = [by[(bench, r)][proxy][name] / by[(bench, r)][ref][name]
+              for r in rounds_of
+              if proxy in by[(bench, r)] and ref in by[(bench, r)]
+              and isinstance(by[(bench, r)][ref][name], (int, float))
+              and by[(bench, r)][ref][name] > 0]
+    return statistics.median(ratios) if ratios else None
+
+
 def main():
     path, rounds, duration, tunnels = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    baseline = sys.argv[5] if len(sys.argv) > 5 else None
     rows = [json.loads(line) for line in open(path) if line.strip()]
     by = defaultdict(dict)  # (bench, round) -> proxy -> metrics
     for row in rows:
         by[(row["bench"], row["round"])][row["proxy"]] = metrics(row, duration)
+    present = {row["proxy"] for row in rows}
+    proxies = [p for p in PROXIES if p in present]
+    benches = [b for b in BENCHES if any(bench == b for (bench, _) in by)]
 
     out = ["# Benchmark results", ""]
-    out.append(f"Machine: {machine()}. Rounds: {rounds}, {duration:g} s each run, {tunnels} tunnels for B7/B8.")
+    line = f"Machine: {machine()}. Rounds: {rounds}, {duration:g} s each run, {tunnels} tunnels for B7/B8."
+    if benches != BENCHES:
+        line += f" Benchmarks run: {', '.join(benches) or 'none'}."
+    out.append(line)
     out.append("")
     out.append("Versions: " + "; ".join([
         version(["target/release/lameduck", "--version"]),
-        version(["nginx", "-v"]),
-        version(["haproxy", "-v"]),
+        *([f"baseline {version([baseline, '--version'])} (`{baseline}`)"]
+          if baseline and "lameduck-baseline" in present else []),
+        *([version(["nginx", "-v"])] if "nginx" in present else []),
+        *([version(["haproxy", "-v"])] if "haproxy" in present else []),
         version(["wrk", "-v"]),
         version(["h2load", "--version"]),
         version(["bench/.tools/bin/oha", "--version"]),
         version(["rustc", "--version"]),
     ]) + ".")
     out.append("")
+    order = ", ".join(DISPLAY[p] for p in proxies)
+    baseline_text = ""
+    if "lameduck-baseline" in present:
+        baseline_text = (
+            " lameduck-baseline is an older lameduck binary (`BASELINE=`) run exactly like lameduck (same "
+            "config, its own port), right after it in every round; `×baseline` on the lameduck row is the "
+            "median of the per-round ratios of lameduck to it.")
     out.append(
         "Method: `bench/run.sh`. One fast backend (`examples/bench_backend.rs`, one thread). Each proxy has "
         "one worker (lameduck `workers = 1`, nginx `worker_processes 1`, HAProxy `nbthread 1`), keep-alive "
         "to the backend, no access log, and runs pinned to core 0; the load generator (wrk, oha, h2load) and "
-        "the backend share core 1. Runs are interleaved lameduck, nginx, HAProxy in every round. CPU is the "
+        f"the backend share core 1. Runs are interleaved {order} in every round. CPU is the "
         "proxy's user+sys time from /proc (all its processes) over the run, divided by the requests (or MB). "
         "Figures are medians over the rounds with min–max; `×nginx` is the median of the per-round ratios to "
-        "nginx. `gen busy` is core 1's busy share: at ≥ 0.95 the generator/backend core is saturated and req/s "
-        "is its limit, not the proxy's. B8: lameduck sends every client a Close frame (1001) and exits; nginx "
-        "(SIGQUIT) and HAProxy (SIGUSR1) keep tunnels until their 10 s stop timeout and then cut them without "
-        "a Close frame.")
+        f"nginx.{baseline_text} `gen busy` is core 1's busy share: at ≥ 0.95 the generator/backend core is "
+        "saturated and req/s is its limit, not the proxy's. B8: lameduck sends every client a Close frame "
+        "(1001) and exits; nginx (SIGQUIT) and HAProxy (SIGUSR1) keep tunnels until their 10 s stop timeout "
+        "and then cut them without a Close frame.")
     out.append("")
 
-    for bench in ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8"]:
+    for bench in benches:
         rounds_of = sorted(r for (b, r) in by if b == bench)
-        if not rounds_of:
-            continue
         names = list(next(iter(by[(bench, rounds_of[0])].values())).keys())
         out.append(f"## {TITLES[bench]}")
         out.append("")
         out.append("| proxy | " + " | ".join(names) + " |")
         out.append("|---" * (len(names) + 1) + "|")
-        for proxy in PROXIES:
+        for proxy in proxies:
             cells = []
             for name in names:
                 values = [by[(bench, r)][proxy][name] for r in rounds_of if proxy in by[(bench, r)]]
@@ -143,13 +179,12 @@ def main():
                     continue
                 med = statistics.median(values)
                 cell = f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
-                ratios = [by[(bench, r)][proxy][name] / by[(bench, r)]["nginx"][name]
-                          for r in rounds_of
-                          if proxy in by[(bench, r)] and "nginx" in by[(bench, r)]
-                          and isinstance(by[(bench, r)]["nginx"][name], (int, float))
-                          and by[(bench, r)]["nginx"][name] > 0]
-                if name not in ("errors", "gen busy", "success", "closes") and ratios and proxy != "nginx":
-                    cell += f" {statistics.median(ratios):.2f}×nginx"
+                for of, ref, label in RATIOS:
+                    if of != proxy or name in NO_RATIO:
+                        continue
+                    ratio = ratio_cell(by, bench, rounds_of, proxy, ref, name)
+                    if ratio is not None:
+                        cell += f" {ratio:.2f}×{label}"
                 if name == "gen busy":
                     cell += " saturated" if med >= SATURATED else ""
                 cells.append(cell)

@@ -3,18 +3,45 @@
 #
 #   bench/run.sh                 # ROUNDS=3 DURATION=10 by default; writes bench/RESULTS.md
 #   ROUNDS=5 DURATION=20 bench/run.sh
+#   BASELINE=/tmp/lameduck-old ONLY="B1 B3" ROUNDS=3 bench/run.sh
 #
 # Installs what it needs (nginx, HAProxy, wrk, h2load from Debian; oha from crates.io),
 # builds lameduck and the bench backend with --release, pins every proxy to core 0 and the
 # load generator and backend to core 1, and runs each benchmark once per proxy per round
 # (lameduck, nginx, HAProxy, lameduck, ...). Each proxy gets one worker thread.
 # See bench/RESULTS.md for the method and the latest figures.
+#
+# Options (environment):
+#   ROUNDS, DURATION (s per run), TUNNELS (idle WebSocket tunnels for B7/B8)
+#   BASELINE=PATH  an older lameduck binary, benchmarked as a fourth proxy, lameduck-baseline:
+#                  same config as lameduck but its own port (8084, h2c on the same port) and
+#                  log, run right after lameduck in every round. The report adds its rows and,
+#                  on the lameduck row, the median per-round ratio to it (`×baseline`). PATH is
+#                  copied when the script starts, before the build, so a rebuild cannot change
+#                  it mid-run (and BASELINE=target/release/lameduck means "the previous build").
+#                  To get one: cp target/release/lameduck /tmp/lameduck-old before changing
+#                  src/, or build an older commit in a git worktree.
+#   ONLY="B1 B3"   run only these benchmarks (B1..B8; default all). B7 and B8 come from one
+#                  pass (run_tunnels), which runs if either is named; only named ones are kept.
+#   PROXIES="lameduck lameduck-baseline"  run only these proxies, always in the order
+#                  lameduck, lameduck-baseline, nginx, haproxy (default: all of them, the
+#                  baseline only when BASELINE is set).
+# Only the tools the chosen benchmarks and proxies need are installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 TUNNELS=${TUNNELS:-5000}
+BASELINE=${BASELINE:-}
+ALL_BENCHES="B1 B2 B3 B4 B5 B6 B7 B8"
+ONLY=${ONLY:-$ALL_BENCHES}
+ALL_PROXIES="lameduck lameduck-baseline nginx haproxy"
+if [ -n "$BASELINE" ]; then
+    PROXIES=${PROXIES:-$ALL_PROXIES}
+else
+    PROXIES=${PROXIES:-lameduck nginx haproxy}
+fi
 PROXY_CORE=0
 LOAD_CORE=1
 BACKEND=127.0.0.1:9100
@@ -25,6 +52,48 @@ PIDS=()
 
 log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
 
+# one_of WORD LIST...: whether WORD is one of the words of LIST
+one_of() {
+    local word=$1 item
+    shift
+    for item in $*; do
+        [ "$item" = "$word" ] && return 0
+    done
+    return 1
+}
+
+# wants BENCH...: whether any of the benchmarks was asked for (ONLY)
+wants() {
+    local bench
+    for bench in "$@"; do
+        one_of "$bench" "$ONLY" && return 0
+    done
+    return 1
+}
+
+# runs PROXY: whether the proxy was asked for (PROXIES)
+runs() { one_of "$1" "$PROXIES"; }
+
+check_options() {
+    local word
+    for word in $ONLY; do
+        one_of "$word" "$ALL_BENCHES" || { log "ONLY: unknown benchmark $word (one of $ALL_BENCHES)"; exit 1; }
+    done
+    for word in $PROXIES; do
+        one_of "$word" "$ALL_PROXIES" || { log "PROXIES: unknown proxy $word (one of $ALL_PROXIES)"; exit 1; }
+    done
+    [ -n "${ONLY// /}" ] || { log "ONLY names no benchmark"; exit 1; }
+    [ -n "${PROXIES// /}" ] || { log "PROXIES names no proxy"; exit 1; }
+    if runs lameduck-baseline && [ -z "$BASELINE" ]; then
+        log "PROXIES has lameduck-baseline but BASELINE is not set"; exit 1
+    fi
+    if [ -n "$BASELINE" ]; then
+        [ -f "$BASELINE" ] && [ -x "$BASELINE" ] || { log "BASELINE=$BASELINE is not an executable file"; exit 1; }
+        # A copy: whatever happens to BASELINE during the run (a rebuild), the baseline stays.
+        cp "$BASELINE" "$WORK/lameduck-baseline"
+    fi
+}
+
 cleanup() {
     for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     pkill -KILL -f "$WORK/" 2>/dev/null || true
@@ -33,11 +102,12 @@ trap cleanup EXIT
 
 install_tools() {
     local missing=()
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    command -v haproxy >/dev/null || missing+=(haproxy)
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    if runs nginx; then command -v nginx >/dev/null || missing+=(nginx-light); fi
+    if runs haproxy; then command -v haproxy >/dev/null || missing+=(haproxy); fi
+    if wants B1 B3 B4 B5; then command -v wrk >/dev/null || missing+=(wrk); fi
+    if wants B6; then command -v h2load >/dev/null || missing+=(nghttp2-client); fi
     command -v taskset >/dev/null || missing+=(util-linux)
+    command -v ss >/dev/null || missing+=(iproute2)
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -46,7 +116,7 @@ install_tools() {
     systemctl stop nginx haproxy 2>/dev/null || true
     pkill -KILL -x nginx 2>/dev/null || true
     pkill -KILL -x haproxy 2>/dev/null || true
-    if [ ! -x "$TOOLS/bin/oha" ]; then
+    if wants B2 && [ ! -x "$TOOLS/bin/oha" ]; then
         log "installing oha (fixed-rate load generator) from crates.io"
         cargo install --quiet --locked --root "$TOOLS" oha@1.16.0
     fi
@@ -86,12 +156,13 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # ---- the proxies ----
 
-write_configs() {
-    cat > "$WORK/lameduck.toml" <<EOF
+# lameduck_config ADDR: lameduck's config (the baseline's differs only in the listen address)
+lameduck_config() {
+    cat <<EOF
 workers = 1
 
 [[listen]]
-addr = "127.0.0.1:8081"
+addr = "$1"
 
 [upstream.backend]
 addrs = ["$BACKEND"]
@@ -106,6 +177,11 @@ close_timeout = "5s"
 [limits]
 max_connections = 9000
 EOF
+}
+
+write_configs() {
+    lameduck_config 127.0.0.1:8081 > "$WORK/lameduck.toml"
+    lameduck_config 127.0.0.1:8084 > "$WORK/lameduck-baseline.toml"
     cat > "$WORK/nginx.conf" <<EOF
 daemon off;
 master_process on;
@@ -164,25 +240,47 @@ backend app
 EOF
 }
 
-# start_proxy NAME -> sets PROXY_PID; the proxy runs pinned to PROXY_CORE
+# refuse_busy_ports WHAT PORT...: exits if anything already listens on one of the ports. A proxy
+# that cannot bind may still be alive when start_proxy first probes its port, and the run would
+# then silently measure whoever holds it. (ss reads the socket table: the holder is not touched.)
+refuse_busy_ports() {
+    local what=$1 port held
+    shift
+    for port in "$@"; do
+        held=$(ss -Hltnp "sport = :$port")
+        if [ -n "$held" ]; then
+            log "$what: port $port is already in use: $held"; exit 1
+        fi
+    done
+}
+
+# start_proxy NAME -> sets PROXY_PID, PORT and H2PORT; the proxy runs pinned to PROXY_CORE
 start_proxy() {
+    case $1 in
+        lameduck) PORT=8081; H2PORT=8081 ;;
+        lameduck-baseline) PORT=8084; H2PORT=8084 ;;
+        nginx) PORT=8082; H2PORT=8092 ;;
+        haproxy) PORT=8083; H2PORT=8093 ;;
+    esac
+    refuse_busy_ports "$1" "$PORT" "$H2PORT"
     case $1 in
         lameduck)
             taskset -c $PROXY_CORE "$ROOT/target/release/lameduck" --config "$WORK/lameduck.toml" \
-                --log-level warn 2>> "$WORK/lameduck.log" &
-            PROXY_PID=$!; PORT=8081; H2PORT=8081 ;;
+                --log-level warn 2>> "$WORK/lameduck.log" & ;;
+        lameduck-baseline)
+            taskset -c $PROXY_CORE "$WORK/lameduck-baseline" --config "$WORK/lameduck-baseline.toml" \
+                --log-level warn 2>> "$WORK/lameduck-baseline.log" & ;;
         nginx)
             mkdir -p "$WORK/nginx-body" "$WORK/nginx-proxy"
-            taskset -c $PROXY_CORE nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log" 2>> "$WORK/nginx.log" &
-            PROXY_PID=$!; PORT=8082; H2PORT=8092 ;;
+            taskset -c $PROXY_CORE nginx -c "$WORK/nginx.conf" -p "$WORK" -e "$WORK/nginx-error.log" 2>> "$WORK/nginx.log" & ;;
         haproxy)
-            taskset -c $PROXY_CORE haproxy -db -f "$WORK/haproxy.cfg" >> "$WORK/haproxy.log" 2>&1 &
-            PROXY_PID=$!; PORT=8083; H2PORT=8093 ;;
+            taskset -c $PROXY_CORE haproxy -db -f "$WORK/haproxy.cfg" >> "$WORK/haproxy.log" 2>&1 & ;;
     esac
+    PROXY_PID=$!
     PIDS+=("$PROXY_PID")
     for _ in $(seq 100); do
         if ! kill -0 "$PROXY_PID" 2>/dev/null; then
-            log "$1 exited at start-up"; exit 1
+            log "$1 exited at start-up"; tail -n 20 "$WORK/$1.log" >&2 || true; exit 1
         fi
         if curl -s -o /dev/null "http://127.0.0.1:$PORT/small"; then return; fi
         sleep 0.1
@@ -193,7 +291,7 @@ start_proxy() {
 # graceful_signal NAME: the proxy's graceful stop signal
 graceful_signal() {
     case $1 in
-        lameduck) echo TERM ;;
+        lameduck | lameduck-baseline) echo TERM ;;
         nginx) echo QUIT ;;
         haproxy) echo USR1 ;;
     esac
@@ -208,8 +306,9 @@ stop_proxy() {
 
 # ---- the benchmarks ----
 
-# record ROUND BENCH PROXY JSON-FIELDS
+# record ROUND BENCH PROXY JSON-FIELDS (only benchmarks named in ONLY are kept)
 record() {
+    wants "$2" || return 0
     printf '{"round":%d,"bench":"%s","proxy":"%s",%s}\n' "$1" "$2" "$3" "$4" >> "$RESULTS"
 }
 
@@ -287,29 +386,39 @@ run_tunnels() {
 }
 
 main() {
+    check_options
     install_tools
     ulimit -n "$(ulimit -Hn)"
     write_configs
     : > "$RESULTS"
+    refuse_busy_ports backend "${BACKEND##*:}"
     taskset -c $LOAD_CORE "$ROOT/target/release/examples/bench_backend" "$BACKEND" > "$WORK/backend.log" 2>&1 &
     PIDS+=($!)
     sleep 0.5
+    if ! kill -0 "${PIDS[-1]}" 2>/dev/null; then
+        log "the bench backend exited at start-up"; cat "$WORK/backend.log" >&2; exit 1
+    fi
     local round proxy
+    log "benchmarks: $ONLY; proxies: $PROXIES${BASELINE:+; baseline: $BASELINE}"
     for round in $(seq "$ROUNDS"); do
-        for proxy in lameduck nginx haproxy; do
+        for proxy in $ALL_PROXIES; do
+            runs "$proxy" || continue
             log "round $round: $proxy"
-            start_proxy "$proxy"
-            run_wrk "$round" B1 "$proxy" 64 /small
-            run_oha "$round" "$proxy"
-            run_wrk "$round" B3 "$proxy" 64 /small WRK_CLOSE=1
-            run_wrk "$round" B4 "$proxy" 16 /1m
-            run_wrk "$round" B5 "$proxy" 16 /upload WRK_BODY=65536
-            run_h2load "$round" "$proxy"
-            stop_proxy "$proxy" "$PROXY_PID"
-            run_tunnels "$round" "$proxy"
+            if wants B1 B2 B3 B4 B5 B6; then
+                start_proxy "$proxy"
+                if wants B1; then run_wrk "$round" B1 "$proxy" 64 /small; fi
+                if wants B2; then run_oha "$round" "$proxy"; fi
+                if wants B3; then run_wrk "$round" B3 "$proxy" 64 /small WRK_CLOSE=1; fi
+                if wants B4; then run_wrk "$round" B4 "$proxy" 16 /1m; fi
+                if wants B5; then run_wrk "$round" B5 "$proxy" 16 /upload WRK_BODY=65536; fi
+                if wants B6; then run_h2load "$round" "$proxy"; fi
+                stop_proxy "$proxy" "$PROXY_PID"
+            fi
+            if wants B7 B8; then run_tunnels "$round" "$proxy"; fi
         done
     done
-    python3 "$ROOT/bench/report.py" "$RESULTS" "$ROUNDS" "$DURATION" "$TUNNELS" > "$ROOT/bench/RESULTS.md"
+    python3 "$ROOT/bench/report.py" "$RESULTS" "$ROUNDS" "$DURATION" "$TUNNELS" ${BASELINE:+"$BASELINE"} \
+        > "$ROOT/bench/RESULTS.md"
     cp "$RESULTS" "$ROOT/bench/results.jsonl"
     cat "$ROOT/bench/RESULTS.md"
 }
