@@ -25,12 +25,12 @@ use crate::metrics::Metrics;
 /// Serves admin requests on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, drain: DrainWatch, metrics: Arc<Metrics>) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let mut handed_over = drain.clone();
+    let mut successor = drain.clone();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             // A successor shares this socket and answers probes from now on.
-            _ = handed_over.reached(Phase::HandedOver) => return,
+            _ = successor.successor_serves() => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, drain: DrainWatch, metrics: Arc<Metric
         let builder = builder.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let answer = answer(&req, drain.phase(), &metrics);
+                let answer = answer(&req, &drain, &metrics);
                 async move { Ok::<_, Infallible>(answer) }
             });
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
@@ -55,14 +55,16 @@ pub async fn serve(listener: TcpListener, drain: DrainWatch, metrics: Arc<Metric
     }
 }
 
-fn answer(req: &Request<Incoming>, phase: Phase, metrics: &Metrics) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, drain: &DrainWatch, metrics: &Metrics) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        // After a reload's handover the successor serves this address: still ready.
-        "/readyz" if matches!(phase, Phase::Serving | Phase::HandedOver) => text(StatusCode::OK, "ready\n"),
+        // After a handover the successor serves this address: still ready.
+        "/readyz" if drain.phase() == Phase::Serving || drain.has_successor() => {
+            text(StatusCode::OK, "ready\n")
+        }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));

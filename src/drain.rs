@@ -1,98 +1,80 @@
-//! The drain signal and connection accounting.
+//! The drain signal and connection accounting: the leaf every connection watches.
 //!
-//! One owner, [`Drain`], publishes the [`Phase`] on a `watch` channel; every accept loop,
-//! connection and tunnel holds a [`DrainWatch`] and reacts to phase changes. Every accepted
-//! connection holds a [`ConnGuard`] from `accept` until its socket is closed: hyper's
+//! One owner, [`Drain`], publishes the daemon's [`State`] on a `watch` channel; every accept
+//! loop, connection and tunnel holds a [`DrainWatch`] and reacts to phase changes. Every
+//! accepted connection holds a [`ConnGuard`] from `accept` until its socket is closed: hyper's
 //! connection future ends at a `101`, so at an upgrade the guard is shared with the tunnel
 //! task (it is an `Arc`), and the connection counts as open until the tunnel ends too.
 //!
 //! The owner learns that the last connection closed through [`Drain::all_closed`], woken by
 //! the guard whose drop took the count to zero — there is no polling timer, so the process can
 //! exit the instant the count reaches zero.
+//!
+//! Only what is *open* is counted here; what has happened (requests completed, tunnels
+//! closed) is [`crate::stats`]' business.
 
-use std::future::{poll_fn, Future};
-use std::pin::pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
-/// Where the daemon is in its life.
+/// Where the daemon is in its life. Phases only move forwards (down this list), though a
+/// phase may be skipped: a signal goes `Serving → Grace → Draining` (`Grace` only when
+/// configured), a binary upgrade `Serving → HandedOver`, and a signal after that on to
+/// `Draining`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
 pub enum Phase {
     /// Accepting and forwarding normally.
-    Serving = 0,
+    Serving,
     /// A drain signal arrived; still serving normally, but `/readyz` answers 503 so load
     /// balancers take this instance out of rotation.
-    Grace = 1,
+    Grace,
+    /// A successor process owns the listeners: this process accepts nothing, its connections
+    /// wind down as in a drain, but requests that still arrive on them are forwarded (with
+    /// `Connection: close`) instead of answered 503.
+    HandedOver,
     /// Listeners are closed; new requests get 503, in-flight work finishes, tunnels close.
-    Draining = 2,
-    /// Like `Draining`, but a successor process now owns the listeners, so requests that
-    /// still arrive on old connections are forwarded (with `Connection: close`) instead of 503.
-    HandedOver = 3,
+    Draining,
 }
 
 impl Phase {
-    fn from_u8(n: u8) -> Phase {
-        match n {
-            0 => Phase::Serving,
-            1 => Phase::Grace,
-            2 => Phase::Draining,
-            _ => Phase::HandedOver,
-        }
+    /// True once listeners are closed and connections wind down (`HandedOver` or `Draining`).
+    pub fn is_winding_down(self) -> bool {
+        self >= Phase::HandedOver
     }
+}
 
-    /// True once listeners are closed and connections should wind down.
-    pub fn is_draining(self) -> bool {
-        self >= Phase::Draining
-    }
+/// What the owner publishes: the phase, and whether a successor serves in this process's
+/// place. The two are apart because the successor stays when a signal moves the phase on from
+/// `HandedOver` to `Draining`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// The lifecycle phase.
+    pub phase: Phase,
+    /// A successor process has taken over the listeners (and systemd's main-process role).
+    pub successor: bool,
 }
 
 /// Counters shared by the owner and every guard.
 #[derive(Debug, Default)]
-struct Shared {
-    /// Mirror of the watch value for the per-request hot path (a load instead of a lock).
-    phase: AtomicU8,
-    /// Bumped before every publication on the watch (and when its sender goes), so a waiter
-    /// can tell that a wake-up may have come from it; see [`DrainWatch::reached`].
-    publications: AtomicU64,
+struct Open {
     /// Accepted connections whose sockets are still open (tunnels included).
-    open: AtomicUsize,
+    connections: AtomicUsize,
     /// Requests whose response has not finished.
-    in_flight: AtomicUsize,
+    requests: AtomicUsize,
     /// Upgraded connections being relayed.
     tunnels: AtomicUsize,
-    /// Of those, WebSocket tunnels (the ones that close with a handshake, in a `close_spread` slot).
-    websocket_tunnels: AtomicUsize,
-    /// Woken (`notify_waiters`) by the guard that takes `open` to zero.
+    /// Woken (`notify_waiters`) by the guard that takes `connections` to zero; waited on by
+    /// [`Drain::all_closed`].
     zero: Notify,
-    /// Requests that completed after the drain signal.
-    completed_after_signal: AtomicUsize,
-    /// Requests answered 503 because the daemon was draining.
-    rejected: AtomicUsize,
-    /// WebSocket tunnels that finished with a close handshake during the drain.
-    tunnels_closed: AtomicUsize,
-    /// Tunnels cut before the deadline (a side did not answer its Close within `close_timeout`).
-    tunnels_cut: AtomicUsize,
-    /// WebSocket tunnels open when draining started: the number of slots `close_spread` is cut into.
-    tunnels_at_drain: AtomicUsize,
-    /// Slots of the `close_spread` window handed out so far.
-    close_tickets: AtomicUsize,
 }
 
-impl Shared {
+impl Open {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            open: self.open.load(Ordering::Acquire),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
+            open: self.connections.load(Ordering::Acquire),
+            in_flight: self.requests.load(Ordering::Relaxed),
             tunnels: self.tunnels.load(Ordering::Relaxed),
-            completed_after_signal: self.completed_after_signal.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
-            tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),
         }
     }
 }
@@ -100,11 +82,12 @@ impl Shared {
 /// The owner's side: changes the phase and waits for the connections to go.
 #[derive(Debug)]
 pub struct Drain {
-    phase: watch::Sender<Phase>,
-    shared: Arc<Shared>,
+    /// Dropped only with the owner, at exit: waiters then resolve (see [`DrainWatch::reached`]).
+    state: watch::Sender<State>,
+    open: Arc<Open>,
 }
 
-/// Counts at one moment, for logs, status lines and the exit summary.
+/// Open counts at one moment, for logs, status lines and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Snapshot {
     /// Open connections, tunnels included.
@@ -113,14 +96,6 @@ pub struct Snapshot {
     pub in_flight: usize,
     /// Open tunnels.
     pub tunnels: usize,
-    /// Requests completed after the signal.
-    pub completed_after_signal: usize,
-    /// Requests answered 503 while draining.
-    pub rejected: usize,
-    /// Tunnels closed with a close handshake.
-    pub tunnels_closed: usize,
-    /// Tunnels cut by `close_timeout` (those still open at a cut are not counted here).
-    pub tunnels_cut: usize,
 }
 
 impl Default for Drain {
@@ -129,54 +104,56 @@ impl Default for Drain {
     }
 }
 
-impl Drop for Drain {
-    fn drop(&mut self) {
-        // The watch's sender drops after this and wakes its waiters: let them look.
-        self.shared.publications.fetch_add(1, Ordering::Release);
-    }
-}
-
 impl Drain {
     /// A drain in the `Serving` phase with nothing open.
     pub fn new() -> Self {
-        let (phase, _) = watch::channel(Phase::Serving);
-        Drain { phase, shared: Arc::default() }
+        let (state, _) = watch::channel(State { phase: Phase::Serving, successor: false });
+        Drain { state, open: Arc::default() }
     }
 
     /// A receiver for tasks that must react to phase changes.
     pub fn watch(&self) -> DrainWatch {
-        DrainWatch { phase: self.phase.subscribe(), shared: self.shared.clone() }
+        DrainWatch { state: self.state.subscribe(), open: self.open.clone() }
     }
 
-    /// Moves every watcher to `phase`. `send_replace` works even with no receiver left.
+    /// Moves every watcher on to `phase`; a phase earlier than the current one changes nothing.
+    /// `send_if_modified` works even with no receiver left.
     pub fn set_phase(&self, phase: Phase) {
-        if phase.is_draining() && !self.phase().is_draining() {
-            let tunnels = self.shared.websocket_tunnels.load(Ordering::Relaxed);
-            self.shared.tunnels_at_drain.store(tunnels, Ordering::Relaxed);
-        }
-        self.shared.phase.store(phase as u8, Ordering::Release);
-        self.shared.publications.fetch_add(1, Ordering::Release);
-        self.phase.send_replace(phase);
+        self.state.send_if_modified(|state| {
+            let later = phase > state.phase;
+            if later {
+                state.phase = phase;
+            }
+            later
+        });
+    }
+
+    /// Records that a successor serves now, and moves on to [`Phase::HandedOver`].
+    pub fn hand_over(&self) {
+        self.state.send_modify(|state| {
+            state.successor = true;
+            state.phase = state.phase.max(Phase::HandedOver);
+        });
     }
 
     /// The current phase.
     pub fn phase(&self) -> Phase {
-        *self.phase.borrow()
+        self.state.borrow().phase
     }
 
-    /// Current counts.
+    /// Current open counts.
     pub fn snapshot(&self) -> Snapshot {
-        self.shared.snapshot()
+        self.open.snapshot()
     }
 
     /// Resolves the moment no connection is open.
     pub async fn all_closed(&self) {
         loop {
-            let notified = self.shared.zero.notified();
+            let notified = self.open.zero.notified();
             tokio::pin!(notified);
             // Register before checking, so a drop between the check and the await still wakes us.
             notified.as_mut().enable();
-            if self.shared.open.load(Ordering::Acquire) == 0 {
+            if self.open.connections.load(Ordering::Acquire) == 0 {
                 return;
             }
             notified.await;
@@ -184,103 +161,77 @@ impl Drain {
     }
 }
 
-/// A task's view of the drain: the phase, and the means to register connections and requests.
+/// A task's view of the drain: the state, and the means to register connections, requests
+/// and tunnels.
 #[derive(Debug, Clone)]
 pub struct DrainWatch {
-    phase: watch::Receiver<Phase>,
-    shared: Arc<Shared>,
+    state: watch::Receiver<State>,
+    open: Arc<Open>,
 }
 
 impl DrainWatch {
-    /// The current phase (one atomic load).
+    /// The current phase.
     pub fn phase(&self) -> Phase {
-        Phase::from_u8(self.shared.phase.load(Ordering::Acquire))
+        self.state.borrow().phase
     }
 
-    /// Resolves once the phase is at least `phase` (at once if it already is).
-    ///
-    /// Made to sit in a `select!` next to a connection, which polls it at every wake-up of
-    /// the task: the watch itself (a lock and a waiter list) is polled again only when a
-    /// publication happened or the task's waker changed since it last was.
+    /// Whether a successor serves in this process's place.
+    pub fn has_successor(&self) -> bool {
+        self.state.borrow().successor
+    }
+
+    /// Resolves once the phase is `phase` or later (at once if it already is). Also resolves
+    /// when the owner is gone, which only happens at exit.
     pub async fn reached(&mut self, phase: Phase) {
-        let DrainWatch { phase: receiver, shared } = self;
-        // An error means the owner is gone, which only happens at exit: treat it as reached.
-        let mut waiting = pin!(receiver.wait_for(|p| *p >= phase));
-        let mut registered: Option<(u64, Waker)> = None;
-        poll_fn(|cx| {
-            let publications = shared.publications.load(Ordering::Acquire);
-            if let Some((seen, waker)) = &registered {
-                if *seen == publications && waker.will_wake(cx.waker()) {
-                    return Poll::Pending;
-                }
-            }
-            registered = Some((publications, cx.waker().clone()));
-            waiting.as_mut().poll(cx).map(|_| ())
-        })
-        .await
+        let _ = self.state.wait_for(|s| s.phase >= phase).await;
     }
 
-    /// Resolves once the phase is exactly `phase` (at once if it already is).
-    pub async fn entered(&mut self, phase: Phase) {
-        // An error means the owner is gone, which only happens at exit: treat it as entered.
-        let _ = self.phase.wait_for(|p| *p == phase).await;
+    /// Resolves once connections must wind down: a drain, or a handover to a successor.
+    pub async fn winding_down(&mut self) {
+        self.reached(Phase::HandedOver).await;
+    }
+
+    /// Resolves once a successor serves in this process's place (or the owner is gone).
+    pub async fn successor_serves(&mut self) {
+        let _ = self.state.wait_for(|s| s.successor).await;
     }
 
     /// Registers an accepted connection. `slot` is its `max_connections` permit, given back
     /// when the guard drops.
     pub fn conn_guard(&self, slot: Option<OwnedSemaphorePermit>) -> Arc<ConnGuard> {
-        self.shared.open.fetch_add(1, Ordering::AcqRel);
-        Arc::new(ConnGuard { shared: self.shared.clone(), _slot: slot })
+        self.open.connections.fetch_add(1, Ordering::AcqRel);
+        Arc::new(ConnGuard { open: self.open.clone(), _slot: slot })
     }
 
     /// Registers a request; the returned guard must live until its response has finished.
     pub fn request_guard(&self) -> RequestGuard {
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        RequestGuard { shared: self.shared.clone(), completes: true }
-    }
-
-    /// Current counts.
-    pub fn snapshot(&self) -> Snapshot {
-        self.shared.snapshot()
-    }
-
-    /// How long after the drain start this tunnel should begin its close, so that the close
-    /// frames of all tunnels open at the drain are spread evenly over `spread`.
-    pub fn close_delay(&self, spread: Duration) -> Duration {
-        if spread.is_zero() {
-            return Duration::ZERO;
-        }
-        let slots = self.shared.tunnels_at_drain.load(Ordering::Relaxed).max(1);
-        let ticket = self.shared.close_tickets.fetch_add(1, Ordering::Relaxed).min(slots - 1);
-        spread.mul_f64(ticket as f64 / slots as f64)
-    }
-
-    /// Counts a request answered 503 because of the drain.
-    pub fn count_rejected(&self) {
-        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+        self.open.requests.fetch_add(1, Ordering::Relaxed);
+        RequestGuard { open: self.open.clone() }
     }
 
     /// Registers a tunnel, which keeps `conn` (and so the open count) alive while it runs.
-    pub fn tunnel_guard(&self, conn: Arc<ConnGuard>, websocket: bool) -> TunnelGuard {
-        self.shared.tunnels.fetch_add(1, Ordering::Relaxed);
-        if websocket {
-            self.shared.websocket_tunnels.fetch_add(1, Ordering::Relaxed);
-        }
-        TunnelGuard { shared: self.shared.clone(), _conn: conn, websocket }
+    pub fn tunnel_guard(&self, conn: Arc<ConnGuard>) -> TunnelGuard {
+        self.open.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelGuard { open: self.open.clone(), _conn: conn }
+    }
+
+    /// Current open counts.
+    pub fn snapshot(&self) -> Snapshot {
+        self.open.snapshot()
     }
 }
 
 /// Held for as long as an accepted connection's socket is open.
 #[derive(Debug)]
 pub struct ConnGuard {
-    shared: Arc<Shared>,
+    open: Arc<Open>,
     _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.shared.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.zero.notify_waiters();
+        if self.open.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.zero.notify_waiters();
         }
     }
 }
@@ -288,60 +239,32 @@ impl Drop for ConnGuard {
 /// Held until a request's response has been sent completely (or abandoned).
 #[derive(Debug)]
 pub struct RequestGuard {
-    shared: Arc<Shared>,
-    /// Counted as completed after the signal (false for requests answered 503).
-    completes: bool,
-}
-
-impl RequestGuard {
-    /// Leaves this request out of "completed after the signal" (it was rejected instead).
-    pub fn not_completed(&mut self) {
-        self.completes = false;
-    }
+    open: Arc<Open>,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let s = &self.shared;
-        s.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.completes && s.phase.load(Ordering::Relaxed) != Phase::Serving as u8 {
-            s.completed_after_signal.fetch_add(1, Ordering::Relaxed);
-        }
+        self.open.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Held by a tunnel task; keeps the connection counted until the relay ends.
 #[derive(Debug)]
 pub struct TunnelGuard {
-    shared: Arc<Shared>,
+    open: Arc<Open>,
     _conn: Arc<ConnGuard>,
-    websocket: bool,
-}
-
-impl TunnelGuard {
-    /// Counts this tunnel as closed with a close handshake.
-    pub fn closed_with_handshake(&self) {
-        self.shared.tunnels_closed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts this tunnel as cut during the drain.
-    pub fn cut(&self) {
-        self.shared.tunnels_cut.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
-        self.shared.tunnels.fetch_sub(1, Ordering::Relaxed);
-        if self.websocket {
-            self.shared.websocket_tunnels.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.open.tunnels.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn all_closed_fires_when_last_guard_drops() {
@@ -349,7 +272,7 @@ mod tests {
         let watch = drain.watch();
         let a = watch.conn_guard(None);
         let b = watch.conn_guard(None);
-        let tunnel = watch.tunnel_guard(b.clone(), true);
+        let tunnel = watch.tunnel_guard(b.clone());
         drop(b);
         assert_eq!(drain.snapshot().open, 2);
         drop(a);
@@ -368,7 +291,7 @@ mod tests {
         assert_eq!(watch.phase(), Phase::Serving);
         drain.set_phase(Phase::Draining);
         tokio::time::timeout(Duration::from_secs(1), watch.reached(Phase::Grace)).await.unwrap();
-        assert!(watch.phase().is_draining());
+        assert!(watch.phase().is_winding_down());
     }
 
     /// A task waiting for `Draining`, polled once so that it is registered.
@@ -403,33 +326,30 @@ mod tests {
     }
 
     #[test]
-    fn close_delays_spread_evenly_over_the_window() {
+    fn phases_never_move_backwards() {
         let drain = Drain::new();
-        let watch = drain.watch();
-        let conn = watch.conn_guard(None);
-        let _tunnels: Vec<_> = (0..4).map(|_| watch.tunnel_guard(conn.clone(), true)).collect();
         drain.set_phase(Phase::Draining);
-        let spread = Duration::from_secs(2);
-        let delays: Vec<u128> = (0..4).map(|_| watch.close_delay(spread).as_millis()).collect();
-        assert_eq!(delays, vec![0, 500, 1000, 1500]);
-        assert_eq!(watch.close_delay(Duration::ZERO), Duration::ZERO);
+        for earlier in [Phase::Serving, Phase::Grace, Phase::HandedOver] {
+            drain.set_phase(earlier);
+            assert_eq!(drain.phase(), Phase::Draining, "after asking for {earlier:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_successor_stays_when_a_signal_moves_on_to_draining() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        assert!(!watch.has_successor());
+        drain.hand_over();
+        assert_eq!((watch.phase(), watch.has_successor()), (Phase::HandedOver, true));
+        tokio::time::timeout(Duration::from_secs(1), watch.successor_serves()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), watch.winding_down()).await.unwrap();
+        drain.set_phase(Phase::Draining);
+        assert_eq!((watch.phase(), watch.has_successor()), (Phase::Draining, true));
     }
 
     #[test]
-    fn raw_tunnels_take_no_close_spread_slot() {
-        let drain = Drain::new();
-        let watch = drain.watch();
-        let conn = watch.conn_guard(None);
-        let _ws: Vec<_> = (0..2).map(|_| watch.tunnel_guard(conn.clone(), true)).collect();
-        let _raw: Vec<_> = (0..2).map(|_| watch.tunnel_guard(conn.clone(), false)).collect();
-        drain.set_phase(Phase::Draining);
-        let spread = Duration::from_secs(2);
-        let delays: Vec<u128> = (0..2).map(|_| watch.close_delay(spread).as_millis()).collect();
-        assert_eq!(delays, vec![0, 1000]);
-    }
-
-    #[test]
-    fn requests_finished_after_the_signal_are_counted() {
+    fn requests_are_counted_in_flight_until_their_guard_drops() {
         let drain = Drain::new();
         let watch = drain.watch();
         let before = watch.request_guard();
@@ -438,6 +358,6 @@ mod tests {
         drain.set_phase(Phase::Draining);
         assert_eq!(drain.snapshot().in_flight, 1);
         drop(during);
-        assert_eq!(drain.snapshot().completed_after_signal, 1);
+        assert_eq!(drain.snapshot().in_flight, 0);
     }
 }

@@ -28,17 +28,22 @@
 //! the moment the last guard drops, or 2 when the deadline or a second signal cuts the rest.
 
 pub mod admin;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod http1;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod reexec;
+pub mod stats;
 pub mod systemd;
 pub mod tls;
+pub mod upstream;
 pub mod websocket;
 
+pub use check::check;
 pub use config::Config;
 pub use daemon::{run, Outcome, StartupError};

@@ -8,6 +8,7 @@
 //! when systemd holds the socket, wait in its backlog for the next instance). [`open_all`]
 //! opens the listeners in the first place: inherited from systemd or a predecessor, or bound.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -19,7 +20,6 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::daemon::StartupError;
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::proxy::conn::{ConnInfo, ConnServer};
 use crate::systemd::{InheritedSocket, Notifier, Origin};
@@ -43,6 +43,39 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Why the configured listeners could not be opened.
+#[derive(Debug)]
+pub enum ListenError {
+    /// A listener could not be bound.
+    Bind {
+        /// What was configured.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// Inherited sockets and `[[listen]]` entries do not fit together; each entry says what
+    /// to change.
+    Sockets(Vec<String>),
+}
+
+impl fmt::Display for ListenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenError::Bind { addr, .. } => write!(f, "cannot listen on \"{addr}\""),
+            ListenError::Sockets(problems) => write!(f, "inherited sockets: {}", problems.join("; ")),
+        }
+    }
+}
+
+impl std::error::Error for ListenError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenError::Bind { source, .. } => Some(source),
+            ListenError::Sockets(_) => None,
+        }
+    }
 }
 
 /// A configured listener, opened.
@@ -77,7 +110,7 @@ pub fn open_all(
     config: &Config,
     inherited: Vec<InheritedSocket>,
     notifier: Notifier,
-) -> Result<OpenedSockets, StartupError> {
+) -> Result<OpenedSockets, ListenError> {
     let strict = inherited.iter().any(|s| s.origin == Origin::SocketUnit);
     let mut pool = SocketPool(inherited.into_iter().map(Some).collect());
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
@@ -107,7 +140,7 @@ pub fn open_all(
     if problems.is_empty() {
         Ok(OpenedSockets { listeners, admin })
     } else {
-        Err(StartupError::Sockets(problems))
+        Err(ListenError::Sockets(problems))
     }
 }
 
@@ -116,12 +149,12 @@ fn open_one(
     inherited: Option<InheritedSocket>,
     addr: SocketAddr,
     notifier: Notifier,
-) -> Result<Opened, StartupError> {
+) -> Result<Opened, ListenError> {
     if let Some(socket) = inherited {
         let held_by_systemd = notifier.is_enabled() || socket.origin != Origin::Predecessor;
         return Ok(Opened { listener: socket.listener, source: source_name(socket.origin), held_by_systemd });
     }
-    let listener = bind(addr).map_err(|source| StartupError::Bind { addr, source })?;
+    let listener = bind(addr).map_err(|source| ListenError::Bind { addr, source })?;
     notifier.store_listener(listener.as_fd(), listener.local_addr().unwrap_or(addr));
     Ok(Opened { listener, source: "bound", held_by_systemd: notifier.is_enabled() })
 }
@@ -285,7 +318,7 @@ async fn serve_tls(
             Err(_) => return debug!(client.addr = %peer, "tls handshake timed out"),
         },
         // Only a real drain abandons handshakes; after a reload's handover they finish here.
-        _ = drain.entered(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
+        _ = drain.reached(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = ConnInfo { peer, tls: true, h2 };

@@ -2,13 +2,12 @@
 //! set up logging, run the daemon, and turn its outcome into the exit status
 //! (0 drained, 1 start-up or config error, 2 the deadline or a second signal cut connections).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
 use lameduck::logging::{self, LogFormat};
 use lameduck::systemd::Inherited;
-use lameduck::tls::TlsMaterial;
 use lameduck::Config;
 
 /// A reverse proxy that gives backends without graceful shutdown a proper lame-duck mode.
@@ -36,6 +35,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check {
+        return check(&cli.config);
+    }
     // Before any thread exists: take the sockets systemd or a predecessor handed over.
     let mut inherited = match Inherited::take() {
         Ok(inherited) => inherited,
@@ -52,9 +54,6 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if cli.check {
-        return check_tls(&cli.config, &config);
-    }
     if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
         eprintln!("lameduck: {e}");
         return ExitCode::from(1);
@@ -68,20 +67,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The part of `--check` that reads certificate, key and CA files.
-fn check_tls(path: &std::path::Path, config: &Config) -> ExitCode {
-    match TlsMaterial::load(config) {
-        Ok(material) => {
-            for warning in &material.warnings {
-                eprintln!("{}: warning: {warning}", path.display());
+/// `--check`: `ok` on stdout (warnings on stderr) and 0, or every error on stderr and 1.
+fn check(path: &Path) -> ExitCode {
+    match lameduck::check(path) {
+        Ok(warnings) => {
+            for warning in warnings {
+                eprintln!("{warning}");
             }
             println!("ok");
             ExitCode::SUCCESS
         }
-        Err(problems) => {
-            for problem in problems {
-                eprintln!("{}: {problem}", path.display());
-            }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::from(1)
         }
     }

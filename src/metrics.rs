@@ -1,17 +1,21 @@
-//! Prometheus metrics for `/metrics`, read from the drain's counters at scrape time (so the
-//! request path pays nothing for them).
+//! Prometheus metrics for `/metrics`, read from the drain's open counts and the event
+//! [`Stats`] at scrape time (so the request path pays nothing for them).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::drain::DrainWatch;
+use std::sync::Arc;
+
+use crate::drain::{DrainWatch, Phase};
+use crate::stats::Stats;
 
 /// The registry and the gauges it exposes.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     drain: DrainWatch,
+    stats: Arc<Stats>,
     open: Gauge,
     in_flight: Gauge,
     tunnels: Gauge,
@@ -22,8 +26,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics that read their values from `drain`.
-    pub fn new(drain: DrainWatch) -> Self {
+    /// Metrics that read their values from `drain` and `stats`.
+    pub fn new(drain: DrainWatch, stats: Arc<Stats>) -> Self {
         let mut registry = Registry::with_prefix("lameduck");
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
@@ -41,6 +45,7 @@ impl Metrics {
         Metrics {
             registry,
             drain,
+            stats,
             open,
             in_flight,
             tunnels,
@@ -53,16 +58,28 @@ impl Metrics {
 
     /// The Prometheus text exposition of the current values.
     pub fn render(&self) -> String {
-        let s = self.drain.snapshot();
-        self.open.set(s.open as i64);
-        self.in_flight.set(s.in_flight as i64);
-        self.tunnels.set(s.tunnels as i64);
-        self.phase.set(self.drain.phase() as i64);
-        self.completed_after_signal.set(s.completed_after_signal as i64);
-        self.rejected.set(s.rejected as i64);
-        self.tunnels_closed.set(s.tunnels_closed as i64);
+        let open = self.drain.snapshot();
+        let counts = self.stats.counts();
+        self.open.set(open.open as i64);
+        self.in_flight.set(open.in_flight as i64);
+        self.tunnels.set(open.tunnels as i64);
+        self.phase.set(phase_value(self.drain.phase()));
+        self.completed_after_signal.set(counts.completed_after_signal as i64);
+        self.rejected.set(counts.requests_rejected as i64);
+        self.tunnels_closed.set(counts.tunnels_closed as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The `lameduck_phase` gauge's value: its HELP text fixes the numbers, whatever order the
+/// phases have in code.
+fn phase_value(phase: Phase) -> i64 {
+    match phase {
+        Phase::Serving => 0,
+        Phase::Grace => 1,
+        Phase::Draining => 2,
+        Phase::HandedOver => 3,
     }
 }

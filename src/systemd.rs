@@ -1,5 +1,8 @@
 //! systemd integration: `sd_notify` messages, listening sockets handed over at start (socket
-//! activation, the fd store, or a predecessor's re-exec), and the watchdog.
+//! activation, the fd store, or a predecessor's re-exec), and the watchdog interval.
+//!
+//! This room knows sockets and message strings only; what to report and when is the
+//! daemon's policy (`daemon::status`).
 //!
 //! Everything here is a no-op without systemd: [`Notifier`] sends nothing when
 //! `NOTIFY_SOCKET` is unset, and [`Inherited::take`] finds nothing when no fds were passed.
@@ -13,10 +16,7 @@ use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio::time::Instant;
 use tracing::debug;
-
-use crate::drain::{DrainWatch, Phase};
 
 /// Env var naming the listening fds a predecessor passed at a SIGHUP re-exec (`"7,8"`).
 pub const INHERIT_FDS_ENV: &str = "LAMEDUCK_INHERIT_FDS";
@@ -232,67 +232,4 @@ fn store_name(addr: SocketAddr) -> String {
 /// How often to send `WATCHDOG=1`: half of `WATCHDOG_USEC`, when the watchdog is on.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
-}
-
-/// How often the status line is refreshed.
-const STATUS_EVERY: Duration = Duration::from_secs(1);
-
-/// How far each `EXTEND_TIMEOUT_USEC` pushes systemd's stop timeout while the drain progresses.
-const EXTEND_BY: Duration = Duration::from_secs(10);
-
-/// Starts the watchdog pings and the `serving: N connections` status line (both only under
-/// systemd; the status line stops when the drain starts, which reports for itself).
-pub fn spawn_reporters(drain: DrainWatch, notifier: Notifier) {
-    if !notifier.is_enabled() {
-        return;
-    }
-    if let Some(every) = watchdog_interval() {
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            // After a handover the successor is the main process and pings for itself.
-            while drain.phase() != Phase::HandedOver {
-                tick.tick().await;
-                notifier.watchdog();
-            }
-        });
-    }
-    tokio::spawn(async move {
-        let mut last = None;
-        let mut tick = tokio::time::interval(STATUS_EVERY);
-        while drain.phase() == Phase::Serving {
-            tick.tick().await;
-            let open = drain.snapshot().open;
-            if last != Some(open) {
-                notifier.status(&format!("serving: {open} connections"));
-                last = Some(open);
-            }
-        }
-    });
-}
-
-/// Keeps `STATUS=` current during the drain and, while connections keep closing, re-sends
-/// `EXTEND_TIMEOUT_USEC` so systemd's stop timeout never cuts a drain that makes progress.
-/// Runs until dropped.
-pub async fn report_drain(drain: DrainWatch, notifier: Notifier, deadline: Instant) {
-    if !notifier.is_enabled() {
-        return std::future::pending().await;
-    }
-    let mut last_open = usize::MAX;
-    let mut tick = tokio::time::interval(STATUS_EVERY);
-    loop {
-        tick.tick().await;
-        let s = drain.snapshot();
-        let left = deadline.saturating_duration_since(Instant::now());
-        let tunnels = if s.tunnels == 1 { "1 tunnel".to_owned() } else { format!("{} tunnels", s.tunnels) };
-        notifier.status(&format!(
-            "draining: {} connections, {tunnels}, {:.1}s left",
-            s.open,
-            left.as_secs_f64()
-        ));
-        if s.open < last_open {
-            notifier.extend_timeout(EXTEND_BY.min(left + Duration::from_secs(1)));
-        }
-        last_open = s.open;
-    }
 }

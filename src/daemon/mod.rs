@@ -1,37 +1,42 @@
-//! The daemon's lifecycle: open listeners, serve, reload on SIGHUP, and on a drain signal
+//! The daemon's lifecycle: open listeners, serve, re-exec on SIGHUP, and on a drain signal
 //! drain and decide the exit status.
 //!
 //! ```text
 //!  Serving --SIGTERM/SIGINT--> Grace --grace over--> Draining --count == 0--> exit 0
 //!     |                                                 `--deadline--> cut all, exit 2
-//!     `--SIGHUP, successor ready--> HandedOver (drains like Draining, but forwards)
+//!     `--SIGHUP, successor ready--> HandedOver (winds down like Draining, but forwards)
+//!                                      `--SIGTERM/SIGINT--> Draining
 //!  a second SIGTERM/SIGINT at any point after the first ------------> exit 2 at once
 //! ```
 //! Signal handlers are installed before anything is bound, so an early signal drains too.
+//! The drain itself is [`shutdown`]'s, in named steps; what systemd is told is [`status`]'s.
+
+mod shutdown;
+mod status;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::drain::{Drain, Phase};
-use crate::listener::{Acceptor, Stop};
+use crate::config::{Config, DrainConfig};
+use crate::drain::Drain;
+use crate::listener::{Acceptor, ListenError, Stop};
 use crate::metrics::Metrics;
 use crate::proxy::conn::ConnServer;
 use crate::proxy::Proxy;
 use crate::reexec::Program;
+use crate::stats::Stats;
 use crate::systemd::{Inherited, Notifier};
 use crate::tls::TlsMaterial;
+use crate::upstream::Upstream;
+use crate::websocket::{CloseSettings, Tunnels};
 use crate::{admin, listener};
 
 /// How the daemon ended.
@@ -56,15 +61,8 @@ impl Outcome {
 /// Why the daemon could not start (exit status 1).
 #[derive(Debug)]
 pub enum StartupError {
-    /// A listener could not be bound.
-    Bind {
-        /// What was configured.
-        addr: SocketAddr,
-        /// Why it failed.
-        source: io::Error,
-    },
-    /// Inherited sockets and `[[listen]]` entries do not fit together.
-    Sockets(Vec<String>),
+    /// The listeners could not be opened (bound or inherited).
+    Listen(ListenError),
     /// The runtime or the signal handlers could not be set up.
     Setup(io::Error),
     /// Certificates, keys or CA files could not be used.
@@ -74,8 +72,8 @@ pub enum StartupError {
 impl fmt::Display for StartupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartupError::Bind { addr, .. } => write!(f, "cannot listen on \"{addr}\""),
-            StartupError::Sockets(problems) => write!(f, "inherited sockets: {}", problems.join("; ")),
+            // Transparent: the listener's error says what failed, and its source why.
+            StartupError::Listen(e) => e.fmt(f),
             StartupError::Setup(_) => f.write_str("cannot set up the runtime"),
             StartupError::Tls(problems) => write!(f, "tls: {}", problems.join("; ")),
         }
@@ -85,8 +83,9 @@ impl fmt::Display for StartupError {
 impl std::error::Error for StartupError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartupError::Bind { source, .. } | StartupError::Setup(source) => Some(source),
-            StartupError::Sockets(_) | StartupError::Tls(_) => None,
+            StartupError::Listen(e) => e.source(),
+            StartupError::Setup(source) => Some(source),
+            StartupError::Tls(_) => None,
         }
     }
 }
@@ -153,6 +152,8 @@ enum Trigger {
 struct Running {
     config: Config,
     drain: Drain,
+    /// What happened, for the exit summary.
+    stats: Arc<Stats>,
     /// Tells the accept loops to stop; they end by closing their listeners.
     stop: watch::Sender<Stop>,
     accept_loops: Vec<JoinHandle<()>>,
@@ -171,17 +172,17 @@ async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, Star
             return Err(e);
         }
     };
-    let status = serving_status(&running.drain);
+    let status = status::serving_status(&running.drain.snapshot());
     if inherited.ready_pipe.is_some() {
         notifier.ready_as_main(&status);
     } else {
         notifier.ready(&status);
     }
     inherited.report_to_predecessor("ready\n");
-    crate::systemd::spawn_reporters(running.drain.watch(), notifier);
+    status::spawn_serving_reporters(running.drain.watch(), notifier);
 
     let trigger = serve_until_trigger(&running, &mut signals).await;
-    Ok(drain_and_exit(running, &mut signals, trigger).await)
+    Ok(shutdown::drain_and_exit(running, &mut signals, trigger).await)
 }
 
 /// Opens the listeners and starts accepting; everything before "ready".
@@ -195,9 +196,10 @@ async fn start(
         warn!(warning = %warning, "tls");
     }
     let sockets = std::mem::take(&mut inherited.sockets);
-    let opened = listener::open_all(&config, sockets, notifier)?;
+    let opened = listener::open_all(&config, sockets, notifier).map_err(StartupError::Listen)?;
     let drain = Drain::new();
-    let proxy = Arc::new(Proxy::new(&config, &tls));
+    let stats = Arc::new(Stats::default());
+    let proxy = Arc::new(build_proxy(&config, &tls, stats.clone()));
     let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut accept_loops = Vec::new();
@@ -205,7 +207,7 @@ async fn start(
     let (stop, stop_rx) = watch::channel(Stop::No);
     for ((opened, tls), entry) in opened.listeners.into_iter().zip(tls.listeners).zip(&config.listeners) {
         let listener = TcpListener::from_std(opened.listener)
-            .map_err(|source| StartupError::Bind { addr: entry.addr, source })?;
+            .map_err(|source| StartupError::Listen(ListenError::Bind { addr: entry.addr, source }))?;
         let addr = listener.local_addr().map_err(StartupError::Setup)?;
         info!(listener.addr = %addr, tls = tls.is_some(), source = opened.source, "listening");
         listener_fds.push(listener.as_raw_fd());
@@ -226,15 +228,34 @@ async fn start(
         info!(admin.addr = %addr, source = admin.source, "admin listening");
         // Handed to a successor too; this process stops accepting on it at the handover.
         listener_fds.push(admin_listener.as_raw_fd());
-        let metrics = Arc::new(Metrics::new(drain.watch()));
+        let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone()));
         tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));
     }
     info!(workers = config.workers, pid = std::process::id(), "ready");
-    Ok(Running { config, drain, stop, accept_loops, listener_fds, notifier })
+    Ok(Running { config, drain, stats, stop, accept_loops, listener_fds, notifier })
 }
 
-fn serving_status(drain: &Drain) -> String {
-    format!("serving: {} connections", drain.snapshot().open)
+/// The proxy for `config`: its upstream groups (with `tls` client configs for https ones),
+/// routes, and the tunnels' close settings, each built once here.
+fn build_proxy(config: &Config, tls: &TlsMaterial, stats: Arc<Stats>) -> Proxy {
+    let upstreams = config
+        .upstreams
+        .iter()
+        .zip(&tls.upstreams)
+        .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
+        .collect();
+    let tunnels = Tunnels::new(close_settings(&config.drain), stats.clone());
+    Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels, stats)
+}
+
+/// What a WebSocket tunnel needs of `[drain]`.
+fn close_settings(drain: &DrainConfig) -> CloseSettings {
+    CloseSettings {
+        code: drain.close_code,
+        reason: drain.close_reason.clone(),
+        timeout: drain.close_timeout,
+        spread: drain.close_spread,
+    }
 }
 
 /// Serves until a drain signal, or until a successor started by SIGHUP is ready.
@@ -278,7 +299,7 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
                     Ok(pid) => return Trigger::HandedOver(pid),
                     Err(e) => {
                         error!(error = %e, "reload failed; this process goes on serving");
-                        running.notifier.ready(&serving_status(&running.drain));
+                        running.notifier.ready(&status::serving_status(&running.drain.snapshot()));
                     }
                 }
             }
@@ -298,96 +319,4 @@ fn log_routes(config: &Config) {
             "route"
         );
     }
-}
-
-/// Runs the drain after `trigger` and returns how it ended.
-async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stop, accept_loops, notifier, .. } = running;
-    let started = Instant::now();
-    let deadline = started + config.drain.deadline;
-    let (phase, grace, notifier, stop_mode) = match trigger {
-        Trigger::Signal(signal) => {
-            info!(
-                signal,
-                grace_secs = config.drain.grace.as_secs_f64(),
-                deadline_secs = config.drain.deadline.as_secs_f64(),
-                "drain started"
-            );
-            notifier.stopping();
-            (Phase::Draining, config.drain.grace, notifier, Stop::TakeBacklogAndClose)
-        }
-        Trigger::HandedOver(pid) => {
-            info!(
-                successor.pid = pid,
-                deadline_secs = config.drain.deadline.as_secs_f64(),
-                "handed over to the new process; draining"
-            );
-            // The successor is systemd's main process now; status lines are its to send.
-            (Phase::HandedOver, Duration::ZERO, Notifier::disabled(), Stop::Close)
-        }
-    };
-
-    let outcome = 'drain: {
-        if !grace.is_zero() {
-            drain.set_phase(Phase::Grace);
-            info!("grace");
-            tokio::select! {
-                _ = tokio::time::sleep(grace) => {}
-                second = signals.drain_signal() => break 'drain cut_by_signal(second),
-            }
-        }
-        // Close the listeners before any connection learns of the drain: a client told
-        // `Connection: close` must find the port refusing, not a backlog about to be reset.
-        stop.send_replace(stop_mode);
-        for task in accept_loops {
-            let _ = task.await;
-        }
-        drain.set_phase(phase);
-        let s = drain.snapshot();
-        info!(open = s.open, in_flight = s.in_flight, tunnels = s.tunnels, "draining");
-        let reporter = crate::systemd::report_drain(drain.watch(), notifier, deadline);
-        tokio::pin!(reporter);
-        // After a handover no drain signal has come yet: the first one only ends forwarding.
-        let mut signalled = phase != Phase::HandedOver;
-        loop {
-            tokio::select! {
-                _ = drain.all_closed() => break Outcome::Drained,
-                _ = tokio::time::sleep_until(deadline) => {
-                    warn!(open = drain.snapshot().open, "drain deadline passed; cutting what is left");
-                    break Outcome::Cut;
-                }
-                signal = signals.drain_signal() => {
-                    if signalled {
-                        break cut_by_signal(signal);
-                    }
-                    signalled = true;
-                    info!(signal, "drain signal while handing over: new requests now get 503");
-                    drain.set_phase(Phase::Draining);
-                }
-                _ = &mut reporter => unreachable!("the drain reporter runs until the drain ends"),
-            }
-        }
-    };
-    log_summary(&drain, started.elapsed(), outcome);
-    outcome
-}
-
-fn cut_by_signal(signal: &str) -> Outcome {
-    warn!(signal, "second signal; cutting every connection");
-    Outcome::Cut
-}
-
-fn log_summary(drain: &Drain, took: Duration, outcome: Outcome) {
-    let s = drain.snapshot();
-    let cut = |n| if outcome == Outcome::Cut { n } else { 0 };
-    info!(
-        exit.status = outcome.exit_code(),
-        drain.secs = took.as_secs_f64(),
-        requests.completed = s.completed_after_signal,
-        requests.rejected = s.rejected,
-        tunnels.closed = s.tunnels_closed,
-        tunnels.cut = s.tunnels_cut + cut(s.tunnels),
-        connections.cut = cut(s.open),
-        "exit"
-    );
 }

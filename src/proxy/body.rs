@@ -14,20 +14,18 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::client::UpstreamBody;
 use super::io::InFlight;
 use crate::drain::RequestGuard;
+use crate::stats::Stats;
+use crate::upstream::UpstreamBody;
 
 /// What a response body is made of.
 #[derive(Debug)]
 enum Inner {
-    /// Streamed from a pooled upstream connection.
+    /// Streamed from an upstream connection.
     Upstream(UpstreamBody),
-    /// An upstream's answer other than `101` to an upgrade request (through hyper's client).
-    UpgradeRefused(Incoming),
     /// A short body lameduck wrote itself (errors, admin); `None` once sent.
     Full(Option<Bytes>),
 }
@@ -55,6 +53,8 @@ struct Finish {
     _request: RequestGuard,
     /// Keeps the request counted on its connection (for the idle timer) until now.
     _in_flight: InFlight,
+    /// Counts the request as completed when it ends; `None` for one refused for the drain.
+    completes: Option<Arc<Stats>>,
     /// Boxed: only there when access logs are on, and every response carries the field.
     record: Option<Box<AccessRecord>>,
 }
@@ -71,14 +71,9 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// A body streamed from a pooled upstream connection.
+    /// A body streamed from an upstream connection.
     pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody { inner: Inner::Upstream(body), bytes: 0, complete: false, finish: None }
-    }
-
-    /// The body of an upstream's refusal to upgrade.
-    pub fn upgrade_refused(body: Incoming) -> Self {
-        ResponseBody { inner: Inner::UpgradeRefused(body), bytes: 0, complete: false, finish: None }
     }
 
     /// A body lameduck writes itself.
@@ -93,14 +88,16 @@ impl ResponseBody {
         ResponseBody::full(Bytes::new())
     }
 
-    /// Attaches the bookkeeping that runs when this response ends.
+    /// Attaches the bookkeeping that runs when this response ends: the guards drop, the
+    /// request is counted in `completes` (if given), and `record` is logged.
     pub fn finish_with(
         &mut self,
         request: RequestGuard,
         in_flight: InFlight,
+        completes: Option<Arc<Stats>>,
         record: Option<Box<AccessRecord>>,
     ) {
-        self.finish = Some(Finish { _request: request, _in_flight: in_flight, record });
+        self.finish = Some(Finish { _request: request, _in_flight: in_flight, completes, record });
     }
 }
 
@@ -115,7 +112,6 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Inner::UpgradeRefused(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -136,7 +132,6 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(body) => body.is_end_stream(),
-            Inner::UpgradeRefused(body) => body.is_end_stream(),
             Inner::Full(data) => data.is_none(),
         }
     }
@@ -144,7 +139,6 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(body) => body.size_hint(),
-            Inner::UpgradeRefused(body) => body.size_hint(),
             Inner::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -155,6 +149,9 @@ impl Drop for ResponseBody {
         let Some(finish) = self.finish.take() else {
             return;
         };
+        if let Some(stats) = &finish.completes {
+            stats.request_completed();
+        }
         let complete = self.complete || self.is_end_stream();
         if let Some(r) = finish.record {
             let (method, client) = (&r.method, &r.client);

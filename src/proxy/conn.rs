@@ -16,7 +16,7 @@ use tracing::debug;
 use super::io::{ConnActivity, ConnIo};
 use super::{ConnCtx, Proxy, ProxyService};
 use crate::config::Limits;
-use crate::drain::{ConnGuard, DrainWatch, Phase};
+use crate::drain::{ConnGuard, DrainWatch};
 
 /// How downstream connections are served; built once.
 #[derive(Debug)]
@@ -74,7 +74,7 @@ impl ConnServer {
 
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            _ = drain.reached(Phase::Draining) => {
+            _ = drain.winding_down() => {
                 if !activity.is_h2() {
                     tokio::select! {
                         result = conn.as_mut() => return log_end(result),

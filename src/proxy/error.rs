@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
+use crate::upstream::SendError;
+
 /// Which side of the proxy a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -95,6 +97,16 @@ impl ProxyError {
                 format!("upstream \"{upstream}\" is unavailable\n")
             }
             ProxyError::Timeout { upstream } => format!("upstream \"{upstream}\" timed out\n"),
+        }
+    }
+
+    /// The failure of sending to the upstream named `upstream`, as the client's answer sees it.
+    pub fn from_send(e: SendError, upstream: &Arc<str>) -> Self {
+        let upstream = upstream.clone();
+        match e {
+            SendError::Unavailable => ProxyError::Unavailable { upstream },
+            SendError::Upstream(source) => ProxyError::Failed { upstream, source: source.into() },
+            SendError::ClientAborted(source) => ProxyError::ClientAborted { source },
         }
     }
 

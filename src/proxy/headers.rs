@@ -1,9 +1,13 @@
 //! Header rewriting between the client and the upstream: hop-by-hop headers stay on their
-//! hop, and the upstream learns who the client was through `X-Forwarded-*`.
+//! hop, and the upstream learns who the client was through `X-Forwarded-*`. Also what the
+//! headers say about an upgrade (RFC 9110 §7.8).
 
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+use crate::http1;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -63,14 +67,29 @@ fn remove_named_by_connection(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .flat_map(|v| http1::connection_tokens(v.as_bytes()))
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
         .filter(|name| name != header::UPGRADE)
         .collect();
     for name in named {
         headers.remove(name);
     }
+}
+
+/// True for an HTTP/1.1 request that asks to switch protocols: an `Upgrade` header, and
+/// `Connection` naming `upgrade` (RFC 9110 §7.8).
+pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && http1::connection_has(
+            req.headers().get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes),
+            "upgrade",
+        )
+}
+
+/// True if a `101` response switched to WebSocket (RFC 6455 §4.2.2).
+pub fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The client's address as it appears in `X-Forwarded-For` (IPv4-mapped IPv6 shown as IPv4);

@@ -5,23 +5,22 @@
 //! downstream connection with it. A request is answered 503 once the daemon drains; otherwise
 //! it is routed, rewritten and sent upstream, and the upstream's response is streamed back. An
 //! upgrade (a `101` from the upstream) hands both connections to [`crate::websocket`].
+//! Upstream connections and the HTTP/1.1 exchange on them are [`crate::upstream`]'s.
 
 mod body;
-mod client;
 pub mod conn;
-mod connect;
 mod error;
 mod framing;
 mod headers;
 mod io;
 mod route;
-mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -34,40 +33,47 @@ pub use body::ResponseBody;
 pub use error::{ProxyError, Side};
 pub use io::ConnActivity;
 
-use crate::config::{Config, DrainConfig};
+use crate::config::RouteConfig;
 use crate::drain::{ConnGuard, DrainWatch, Phase};
-use crate::tls::TlsMaterial;
+use crate::stats::Stats;
+use crate::upstream::{SendError, UpgradeAnswer, Upstream};
+use crate::websocket::{Handoff, Tunnels};
 use body::AccessRecord;
 use route::Routes;
-use upstream::Upstream;
 
 /// Everything a request needs that does not change while the daemon runs.
 #[derive(Debug)]
 pub struct Proxy {
     routes: Routes,
     upstreams: Vec<Upstream>,
+    /// `Retry-After` of 503 answers, in whole seconds (RFC 9110 §10.2.3).
     retry_after: HeaderValue,
-    /// Settings that tunnels need when the drain closes them.
-    pub drain: Arc<DrainConfig>,
+    /// Starts a tunnel at each `101`.
+    tunnels: Tunnels,
+    /// Requests completed and refused are counted here.
+    stats: Arc<Stats>,
     /// Whether access log lines are wanted at all (decided once, at start-up).
     access_log: bool,
 }
 
 impl Proxy {
-    /// Builds the routing table and upstream groups of `config`, with `tls` client configs
-    /// for https upstreams.
-    pub fn new(config: &Config, tls: &TlsMaterial) -> Self {
-        let retry_secs = config.drain.retry_after.as_secs_f64().ceil() as u64;
+    /// A proxy that routes by `routes` (indices into `upstreams`), tells draining clients to
+    /// come back after `retry_after` (rounded up to whole seconds), and hands upgraded
+    /// connections to `tunnels`.
+    pub fn new(
+        routes: Vec<RouteConfig>,
+        upstreams: Vec<Upstream>,
+        retry_after: Duration,
+        tunnels: Tunnels,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let retry_secs = retry_after.as_secs_f64().ceil() as u64;
         Proxy {
-            routes: Routes::new(config.routes.clone()),
-            upstreams: config
-                .upstreams
-                .iter()
-                .zip(&tls.upstreams)
-                .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
-                .collect(),
+            routes: Routes::new(routes),
+            upstreams,
             retry_after: HeaderValue::from(retry_secs),
-            drain: Arc::new(config.drain.clone()),
+            tunnels,
+            stats,
             access_log: tracing::enabled!(target: "lameduck::access", tracing::Level::INFO),
         }
     }
@@ -118,19 +124,21 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
 /// Answers one request, by forwarding it or by lameduck itself.
 async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
-    let mut request_guard = conn.drain.request_guard();
+    let request_guard = conn.drain.request_guard();
     let in_flight = conn.activity.request_started();
     let ambiguous = in_flight.ambiguous;
     let h1 = req.version() < Version::HTTP_2;
     let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
 
+    // Refused for the drain: not a completed request, the summary counts it apart.
+    let mut rejected = false;
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
     } else if req.method() == Method::CONNECT {
         Err(ProxyError::Connect)
     } else if conn.drain.phase() == Phase::Draining {
-        conn.drain.count_rejected();
-        request_guard.not_completed();
+        rejected = true;
+        proxy.stats.request_rejected();
         Err(ProxyError::Draining)
     } else {
         forward(proxy, conn, req).await
@@ -145,13 +153,14 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
         }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if h1 && !switching && (ambiguous || conn.drain.phase().is_draining()) {
+    if h1 && !switching && (ambiguous || conn.drain.phase().is_winding_down()) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let record = record.map(|(method, uri, started)| {
         Box::new(AccessRecord { method, uri, status: resp.status(), upstream, client: conn.peer, started })
     });
-    resp.body_mut().finish_with(request_guard, in_flight, record);
+    let completes = (!rejected).then(|| proxy.stats.clone());
+    resp.body_mut().finish_with(request_guard, in_flight, completes, record);
     resp
 }
 
@@ -196,7 +205,7 @@ async fn forward(
         .ok_or(ProxyError::NoRoute)?;
     let upstream = &proxy.upstreams[index];
 
-    if crate::websocket::wants_upgrade(&req) {
+    if headers::wants_upgrade(&req) {
         // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
         return Box::pin(forward_upgrade(proxy, conn, req, host, upstream)).await;
     }
@@ -216,32 +225,36 @@ async fn forward_upgrade(
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true);
-    let mut resp = within_timeout(upstream, upstream.send_upgrade(req)).await?;
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        headers::remove_hop_by_hop(resp.headers_mut(), true);
-        crate::websocket::spawn_tunnel(
-            conn,
-            proxy.drain.clone(),
-            resp.headers(),
-            client_upgrade,
-            upstream_upgrade,
-        );
-        let (parts, _) = resp.into_parts();
-        return Ok((Response::from_parts(parts, ResponseBody::empty()), upstream.name.clone()));
-    }
-    rewrite_response(&mut resp);
-    Ok((resp.map(ResponseBody::upgrade_refused), upstream.name.clone()))
+    let (mut resp, io) = match within_timeout(upstream, upstream.send_upgrade(req)).await? {
+        UpgradeAnswer::Switched(resp, io) => (resp, io),
+        UpgradeAnswer::Refused(mut resp) => {
+            rewrite_response(&mut resp);
+            return Ok((resp.map(ResponseBody::upstream), upstream.name.clone()));
+        }
+    };
+    headers::remove_hop_by_hop(resp.headers_mut(), true);
+    // Before the 101 goes out: whatever the client sends after it is tunnel bytes.
+    conn.activity.mark_upgraded();
+    let handoff = Handoff {
+        client: client_upgrade,
+        upstream: io,
+        websocket: headers::is_websocket(resp.headers()),
+        guard: conn.drain.tunnel_guard(conn.guard.clone()),
+        peer: conn.peer,
+    };
+    proxy.tunnels.spawn(handoff, conn.drain.clone());
+    Ok((resp.map(|()| ResponseBody::empty()), upstream.name.clone()))
 }
 
 /// `sending` bounded by the upstream's `timeout` for response headers (504 past it).
-async fn within_timeout<B>(
+async fn within_timeout<T>(
     upstream: &Upstream,
-    sending: impl Future<Output = Result<Response<B>, ProxyError>>,
-) -> Result<Response<B>, ProxyError> {
-    let sent = tokio::time::timeout(upstream.timeout, sending).await;
-    sent.map_err(|_| ProxyError::Timeout { upstream: upstream.name.clone() })?
+    sending: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, ProxyError> {
+    match tokio::time::timeout(upstream.timeout, sending).await {
+        Ok(sent) => sent.map_err(|e| ProxyError::from_send(e, &upstream.name)),
+        Err(_) => Err(ProxyError::Timeout { upstream: upstream.name.clone() }),
+    }
 }
 
 /// Turns an upstream's (non-101) response into what the client gets.

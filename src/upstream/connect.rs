@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::upstream::Target;
 use crate::config::UpstreamAddr;
+use crate::tls::UpstreamTls;
 
-/// A connection to `target`, with the TLS handshake done for https upstreams.
-pub(super) async fn connect_io(target: &Target) -> io::Result<UpstreamIo> {
-    let stream = connect_tcp(&target.addr).await?;
+/// A connection to `addr`, with the TLS handshake done when `tls` is set (https upstreams).
+pub(super) async fn connect_io(addr: &UpstreamAddr, tls: Option<&UpstreamTls>) -> io::Result<UpstreamIo> {
+    let stream = connect_tcp(addr).await?;
     stream.set_nodelay(true)?;
-    match &target.tls {
+    match tls {
         None => Ok(UpstreamIo::Plain(stream)),
         Some(tls) => {
             let stream = tls.connector.connect(tls.server_name.clone(), stream).await?;
@@ -24,11 +24,29 @@ pub(super) async fn connect_io(target: &Target) -> io::Result<UpstreamIo> {
     }
 }
 
-/// The byte stream to an upstream: plain TCP or TLS over it.
+/// The byte stream to an upstream: plain TCP or TLS over it (or, in unit tests, a script).
 #[derive(Debug)]
-pub(super) enum UpstreamIo {
+pub enum UpstreamIo {
+    /// Cleartext TCP.
     Plain(TcpStream),
+    /// TLS over TCP (boxed: the TLS state is large and most upstreams are cleartext).
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Scripted reads and writes, for driving the client in unit tests.
+    #[cfg(test)]
+    Scripted(tokio_test::io::Mock),
+}
+
+impl UpstreamIo {
+    /// Whether the socket has reported something to read (or an error) since it was last
+    /// read, without a syscall. A script reports nothing: its reads are the test's to give.
+    pub(super) fn poll_read_ready(&self, cx: &mut Context<'_>) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.poll_read_ready(cx).is_ready(),
+            UpstreamIo::Tls(s) => s.get_ref().0.poll_read_ready(cx).is_ready(),
+            #[cfg(test)]
+            UpstreamIo::Scripted(_) => false,
+        }
+    }
 }
 
 impl AsyncRead for UpstreamIo {
@@ -36,6 +54,8 @@ impl AsyncRead for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -45,6 +65,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -56,6 +78,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -63,6 +87,8 @@ impl AsyncWrite for UpstreamIo {
         match self {
             UpstreamIo::Plain(s) => s.is_write_vectored(),
             UpstreamIo::Tls(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => s.is_write_vectored(),
         }
     }
 
@@ -70,6 +96,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -77,6 +105,8 @@ impl AsyncWrite for UpstreamIo {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(test)]
+            UpstreamIo::Scripted(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

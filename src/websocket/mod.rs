@@ -1,71 +1,93 @@
 //! Upgraded connections: WebSocket tunnels (closed with close frames on drain) and other
 //! `Upgrade:` protocols (relayed as raw bytes until they end or the deadline cuts them).
 //!
-//! At a `101` the proxy hands both sides here. hyper's connection future ends at the upgrade,
-//! so the tunnel task takes a share of the connection's guard: the connection stays counted
-//! as open until the tunnel's sockets are closed.
+//! At a `101` the proxy hands both sides to [`Tunnels::spawn`] with a [`TunnelGuard`] it took
+//! from the drain: hyper's connection future ends at the upgrade, so the tunnel task keeps a
+//! share of the connection's guard, and the connection stays counted as open until the
+//! tunnel's sockets are closed. This room knows bytes, frames and the drain's phase; it knows
+//! nothing of HTTP requests or of the proxy's connection bookkeeping.
 
 pub mod frame;
 mod relay;
+mod spread;
 pub mod tunnel;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::header::{self, HeaderMap};
-use http::{Request, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::config::DrainConfig;
-use crate::proxy::ConnCtx;
+pub use spread::{CloseSpread, SpreadMember};
 
-/// True for an HTTP/1.1 request that asks to switch protocols.
-pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+use crate::drain::{DrainWatch, TunnelGuard};
+use crate::stats::Stats;
+
+/// How the drain closes a WebSocket tunnel (`[drain]` close settings, built once).
+#[derive(Debug, Clone)]
+pub struct CloseSettings {
+    /// Close code sent to both sides (RFC 6455 §7.4; 1001 Going Away by default).
+    pub code: u16,
+    /// Close reason sent to both sides (at most 123 bytes, RFC 6455 §5.5).
+    pub reason: String,
+    /// How long to wait for each side's Close before cutting TCP.
+    pub timeout: Duration,
+    /// The window over which the tunnels' close frames are spread.
+    pub spread: Duration,
 }
 
-/// True if a `101` response switched to WebSocket.
-fn is_websocket(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+/// Starts tunnels; holds what every tunnel shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tunnels {
+    settings: Arc<CloseSettings>,
+    spread: Arc<CloseSpread>,
+    stats: Arc<Stats>,
 }
 
-/// Starts relaying between the client and the upstream once both upgrades complete.
-pub fn spawn_tunnel(
-    conn: &Arc<ConnCtx>,
-    drain_config: Arc<DrainConfig>,
-    response_headers: &HeaderMap,
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-) {
-    let websocket = is_websocket(response_headers);
-    // Before the 101 goes out: whatever the client sends after it is tunnel bytes.
-    conn.activity.mark_upgraded();
-    let guard = conn.drain.tunnel_guard(conn.guard.clone(), websocket);
-    let drain = conn.drain.clone();
-    let peer = conn.peer;
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(both) => both,
-            Err(e) => {
-                debug!(client.addr = %peer, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let tunnel =
-            tunnel::Tunnel::new(TokioIo::new(client), TokioIo::new(upstream), websocket, drain_config);
-        tunnel.run(drain, &guard).await;
-        debug!(client.addr = %peer, "tunnel closed");
-    });
+/// One tunnel to start: both sides and what the proxy knows of them.
+#[derive(Debug)]
+pub struct Handoff<U> {
+    /// The client's side, available once hyper has sent the `101`.
+    pub client: OnUpgrade,
+    /// The upstream's side, already switched (bytes it sent after its `101` included).
+    pub upstream: U,
+    /// The `101` switched to WebSocket (else the bytes are relayed raw).
+    pub websocket: bool,
+    /// Keeps the client connection counted open while the tunnel runs.
+    pub guard: TunnelGuard,
+    /// The client's address, for log lines.
+    pub peer: SocketAddr,
+}
+
+impl Tunnels {
+    /// Tunnels that close with `settings`, counting their endings in `stats`.
+    pub fn new(settings: CloseSettings, stats: Arc<Stats>) -> Self {
+        let spread = Arc::new(CloseSpread::new(settings.spread));
+        Tunnels { settings: Arc::new(settings), spread, stats }
+    }
+
+    /// Relays between both sides of `handoff` on a task of its own until the tunnel ends
+    /// (or the drain closes it, see [`tunnel`]).
+    pub fn spawn<U>(&self, handoff: Handoff<U>, drain: DrainWatch)
+    where
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Handoff { client, upstream, websocket, guard, peer } = handoff;
+        let member = websocket.then(|| self.spread.join());
+        let tunnels = self.clone();
+        tokio::spawn(async move {
+            let client = match client.await {
+                Ok(client) => client,
+                Err(e) => return debug!(client.addr = %peer, error = %e, "upgrade failed"),
+            };
+            let tunnel =
+                tunnel::Tunnel::new(TokioIo::new(client), upstream, websocket, tunnels.settings.clone());
+            tunnel.run(drain, &tunnels.spread, &tunnels.stats).await;
+            drop((member, guard));
+            debug!(client.addr = %peer, "tunnel closed");
+        });
+    }
 }

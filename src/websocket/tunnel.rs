@@ -28,8 +28,9 @@ use tracing::debug;
 
 use super::frame::close_frame;
 use super::relay::{Event, Mode, Pipe};
-use crate::config::DrainConfig;
-use crate::drain::{DrainWatch, Phase, TunnelGuard};
+use super::{CloseSettings, CloseSpread};
+use crate::drain::DrainWatch;
+use crate::stats::Stats;
 
 /// How long a drain waits for a message boundary before settling for a frame boundary.
 pub const MESSAGE_BOUNDARY_WAIT: Duration = Duration::from_millis(500);
@@ -61,7 +62,7 @@ pub struct Tunnel<C, U> {
     up: Pipe,
     down: Pipe,
     websocket: bool,
-    config: Arc<DrainConfig>,
+    settings: Arc<CloseSettings>,
 }
 
 impl<C, U> Tunnel<C, U>
@@ -70,24 +71,25 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     /// A tunnel between `client` and `upstream`; `websocket` makes it follow frames.
-    pub fn new(client: C, upstream: U, websocket: bool, config: Arc<DrainConfig>) -> Self {
-        Tunnel { client, upstream, up: Pipe::new(websocket), down: Pipe::new(websocket), websocket, config }
+    pub fn new(client: C, upstream: U, websocket: bool, settings: Arc<CloseSettings>) -> Self {
+        Tunnel { client, upstream, up: Pipe::new(websocket), down: Pipe::new(websocket), websocket, settings }
     }
 
-    /// Relays until the tunnel ends; on drain, closes it as the module doc describes.
-    pub async fn run(mut self, mut drain: DrainWatch, guard: &TunnelGuard) {
+    /// Relays until the tunnel ends; on drain (or a handover), closes it as the module doc
+    /// describes, starting at its slot of `spread`. How it ended is counted in `stats`.
+    pub async fn run(mut self, mut drain: DrainWatch, spread: &CloseSpread, stats: &Stats) {
         let end = tokio::select! {
             end = self.relay_until_closed() => end,
             // Boxed: an idle tunnel's task should not reserve room for the close sequence.
-            _ = drain.reached(Phase::Draining) => Box::pin(self.close_on_drain(&drain)).await,
+            _ = drain.winding_down() => Box::pin(self.close_on_drain(spread)).await,
         };
         match end {
-            End::Handshake => guard.closed_with_handshake(),
+            End::Handshake => stats.tunnel_closed(),
             End::Closed => {}
             End::Cut(why) => {
                 debug!(why, "tunnel cut");
-                if drain.phase().is_draining() {
-                    guard.cut();
+                if drain.phase().is_winding_down() {
+                    stats.tunnel_cut();
                 }
             }
         }
@@ -129,13 +131,13 @@ where
         }
     }
 
-    async fn close_on_drain(&mut self, drain: &DrainWatch) -> End {
+    async fn close_on_drain(&mut self, spread: &CloseSpread) -> End {
         let frames_ok = self.websocket && self.up.follows_frames() && self.down.follows_frames();
         if !frames_ok || self.up.close_seen || self.down.close_seen {
             // Raw, not WebSocket after all, or already closing by itself: relay to the end.
             return self.relay_until_closed().await;
         }
-        let start = Instant::now() + drain.close_delay(self.config.close_spread);
+        let start = Instant::now() + spread.close_delay();
         if let Some(end) = self.relay_until(start).await {
             return end;
         }
@@ -151,8 +153,8 @@ where
     /// Step 1: the masked Close to the upstream, at a boundary of the client's stream.
     async fn close_upstream(&mut self) -> Result<(), End> {
         let started = Instant::now();
-        let prefer_until = started + MESSAGE_BOUNDARY_WAIT.min(self.config.close_timeout);
-        let give_up = started + self.config.close_timeout;
+        let prefer_until = started + MESSAGE_BOUNDARY_WAIT.min(self.settings.timeout);
+        let give_up = started + self.settings.timeout;
         self.up.mode = Mode::StopAtBoundary { message: true };
         loop {
             tokio::select! {
@@ -174,7 +176,7 @@ where
             return Err(self.relay_until_closed().await);
         }
         let mask = fastrand::u32(..).to_ne_bytes();
-        self.up.inject(close_frame(self.config.close_code, &self.config.close_reason, Some(mask)));
+        self.up.inject(close_frame(self.settings.code, &self.settings.reason, Some(mask)));
         self.up.mode = Mode::DiscardUntilClose;
         self.down.mode = Mode::HoldBeforeClose;
         self.wait_for(Dir::Up, give_up, |e| matches!(e, Event::Injected), "upstream not writable").await
@@ -182,7 +184,7 @@ where
 
     /// Step 2: relay the upstream's frames to the client until the upstream's Close.
     async fn await_upstream_close(&mut self) -> Result<(), End> {
-        let give_up = Instant::now() + self.config.close_timeout;
+        let give_up = Instant::now() + self.settings.timeout;
         let answered = self
             .wait_for(Dir::Down, give_up, |e| matches!(e, Event::CloseNext), "no close from upstream")
             .await;
@@ -207,8 +209,8 @@ where
 
     /// Step 3: the Close to the client, then its answer.
     async fn close_client(&mut self) -> End {
-        let give_up = Instant::now() + self.config.close_timeout;
-        self.down.inject(close_frame(self.config.close_code, &self.config.close_reason, None));
+        let give_up = Instant::now() + self.settings.timeout;
+        self.down.inject(close_frame(self.settings.code, &self.settings.reason, None));
         if let Err(end) =
             self.wait_for(Dir::Down, give_up, |e| matches!(e, Event::Injected), "client not writable").await
         {

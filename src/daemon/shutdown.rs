@@ -1,0 +1,166 @@
+//! The drain, from the trigger to the exit status, as named steps:
+//!
+//! 1. [`announce`]: log the trigger, tell systemd `STOPPING=1` (not after a handover: the
+//!    successor is systemd's main process now), and note the signal in the stats;
+//! 2. [`serve_grace`]: keep serving for `[drain] grace` while `/readyz` says 503;
+//! 3. [`close_listeners`]: stop the accept loops, which take their backlog first where a
+//!    drain should answer it;
+//! 4. [`wind_down`]: tell every connection and tunnel (phase `Draining`, or `HandedOver`);
+//! 5. [`wait_for_zero`]: until the last connection closes (exit 0), the deadline or a second
+//!    signal (exit 2). After a handover the first signal only moves on to `Draining`.
+//!
+//! A second signal during step 2 or 5 ends the drain at once; the summary line is logged
+//! whatever the ending.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{status, Outcome, Running, Signals, Trigger};
+use crate::config::DrainConfig;
+use crate::drain::{Drain, Phase};
+use crate::listener::Stop;
+use crate::stats::Stats;
+use crate::systemd::Notifier;
+
+/// How this drain goes, decided by what started it.
+struct Plan {
+    /// How long to keep serving first.
+    grace: Duration,
+    /// How the accept loops stop.
+    stop: Stop,
+    /// A successor serves: requests on old connections are forwarded until a signal.
+    handed_over: bool,
+    /// Sends the drain's status lines (disabled after a handover).
+    notifier: Notifier,
+}
+
+/// Runs the drain after `trigger` and returns how it ended.
+pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
+    let Running { config, drain, stats, stop, accept_loops, notifier, .. } = running;
+    let started = Instant::now();
+    let deadline = started + config.drain.deadline;
+    let plan = announce(trigger, &config.drain, notifier, &stats);
+    let outcome = match serve_grace(&drain, plan.grace, signals).await {
+        Err(cut) => cut,
+        Ok(()) => {
+            // Close the listeners before any connection learns of the drain: a client told
+            // `Connection: close` must find the port refusing, not a backlog about to be reset.
+            close_listeners(&stop, accept_loops, plan.stop).await;
+            wind_down(&drain, plan.handed_over);
+            let reporter = tokio::spawn(status::report_drain(drain.watch(), plan.notifier, deadline));
+            let outcome = wait_for_zero(&drain, signals, deadline, plan.handed_over).await;
+            reporter.abort();
+            outcome
+        }
+    };
+    log_summary(&drain, &stats, started.elapsed(), outcome);
+    outcome
+}
+
+/// Step 1: says why the drain starts, and to whom it matters.
+fn announce(trigger: Trigger, config: &DrainConfig, notifier: Notifier, stats: &Stats) -> Plan {
+    stats.mark_signal();
+    let deadline_secs = config.deadline.as_secs_f64();
+    match trigger {
+        Trigger::Signal(signal) => {
+            info!(signal, grace_secs = config.grace.as_secs_f64(), deadline_secs, "drain started");
+            notifier.stopping();
+            Plan { grace: config.grace, stop: Stop::TakeBacklogAndClose, handed_over: false, notifier }
+        }
+        Trigger::HandedOver(pid) => {
+            info!(successor.pid = pid, deadline_secs, "handed over to the new process; draining");
+            // The successor is systemd's main process now; status lines are its to send.
+            let notifier = Notifier::disabled();
+            Plan { grace: Duration::ZERO, stop: Stop::Close, handed_over: true, notifier }
+        }
+    }
+}
+
+/// Step 2: serves normally (with `/readyz` at 503) for `grace`; a second signal cuts.
+async fn serve_grace(drain: &Drain, grace: Duration, signals: &mut Signals) -> Result<(), Outcome> {
+    if grace.is_zero() {
+        return Ok(());
+    }
+    drain.set_phase(Phase::Grace);
+    info!("grace");
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => Ok(()),
+        second = signals.drain_signal() => Err(cut_by_signal(second)),
+    }
+}
+
+/// Step 3: stops every accept loop and waits until each has closed its listener.
+async fn close_listeners(
+    stop: &tokio::sync::watch::Sender<Stop>,
+    accept_loops: Vec<JoinHandle<()>>,
+    how: Stop,
+) {
+    stop.send_replace(how);
+    for task in accept_loops {
+        let _ = task.await;
+    }
+}
+
+/// Step 4: tells every connection and tunnel to wind down.
+fn wind_down(drain: &Drain, handed_over: bool) {
+    if handed_over {
+        drain.hand_over();
+    } else {
+        drain.set_phase(Phase::Draining);
+    }
+    let s = drain.snapshot();
+    info!(open = s.open, in_flight = s.in_flight, tunnels = s.tunnels, "draining");
+}
+
+/// Step 5: waits for the last connection to close, the deadline, or a second signal.
+async fn wait_for_zero(
+    drain: &Drain,
+    signals: &mut Signals,
+    deadline: Instant,
+    handed_over: bool,
+) -> Outcome {
+    // After a handover no drain signal has come yet: the first one only ends forwarding.
+    let mut signalled = !handed_over;
+    loop {
+        tokio::select! {
+            _ = drain.all_closed() => return Outcome::Drained,
+            _ = tokio::time::sleep_until(deadline) => {
+                warn!(open = drain.snapshot().open, "drain deadline passed; cutting what is left");
+                return Outcome::Cut;
+            }
+            signal = signals.drain_signal() => {
+                if signalled {
+                    return cut_by_signal(signal);
+                }
+                signalled = true;
+                info!(signal, "drain signal while handing over: new requests now get 503");
+                drain.set_phase(Phase::Draining);
+            }
+        }
+    }
+}
+
+fn cut_by_signal(signal: &str) -> Outcome {
+    warn!(signal, "second signal; cutting every connection");
+    Outcome::Cut
+}
+
+/// The one summary line of every exit.
+fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome) {
+    let open = drain.snapshot();
+    let counts = stats.counts();
+    let cut = |n| if outcome == Outcome::Cut { n } else { 0 };
+    info!(
+        exit.status = outcome.exit_code(),
+        drain.secs = took.as_secs_f64(),
+        requests.completed = counts.completed_after_signal,
+        requests.rejected = counts.requests_rejected,
+        tunnels.closed = counts.tunnels_closed,
+        tunnels.cut = counts.tunnels_cut + cut(open.tunnels as u64),
+        connections.cut = cut(open.open as u64),
+        "exit"
+    );
+}

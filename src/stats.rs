@@ -1,0 +1,110 @@
+//! What happened, counted: requests completed and refused, tunnels closed and cut.
+//!
+//! [`crate::drain`] counts what is *open* (connections, requests, tunnels) because the exit
+//! decision depends on it; this store counts what has *happened*, for `/metrics` and the exit
+//! summary line. The proxy and the tunnels write to it, through one shared [`Stats`]; nothing
+//! branches on its values. Counters only grow, so a scraper can take rates of them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic event counters, shared by every connection and tunnel.
+#[derive(Debug)]
+pub struct Stats {
+    /// Requests whose response finished (forwarded or answered by lameduck), 503s excepted.
+    requests_completed: AtomicU64,
+    /// `requests_completed` when the drain signal came; `u64::MAX` before it.
+    completed_at_signal: AtomicU64,
+    /// Requests answered 503 because the daemon was draining.
+    requests_rejected: AtomicU64,
+    /// WebSocket tunnels closed with the drain's close handshake.
+    tunnels_closed: AtomicU64,
+    /// Tunnels cut during the drain because a side did not answer its Close in time.
+    tunnels_cut: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Requests completed since start.
+    pub requests_completed: u64,
+    /// Of those, the ones that completed after the drain signal (0 before it).
+    pub completed_after_signal: u64,
+    /// Requests answered 503 while draining.
+    pub requests_rejected: u64,
+    /// Tunnels closed with a close handshake on the drain.
+    pub tunnels_closed: u64,
+    /// Tunnels cut by `close_timeout` (those still open at the deadline are not counted here).
+    pub tunnels_cut: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            requests_completed: AtomicU64::new(0),
+            completed_at_signal: AtomicU64::new(u64::MAX),
+            requests_rejected: AtomicU64::new(0),
+            tunnels_closed: AtomicU64::new(0),
+            tunnels_cut: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    /// Counts a request whose response has finished (or was abandoned by the client).
+    pub fn request_completed(&self) {
+        self.requests_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request answered 503 because of the drain.
+    pub fn request_rejected(&self) {
+        self.requests_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a tunnel closed with the drain's close handshake.
+    pub fn tunnel_closed(&self) {
+        self.tunnels_closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a tunnel cut during the drain.
+    pub fn tunnel_cut(&self) {
+        self.tunnels_cut.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that the drain signal came: requests completed from now on count as "completed
+    /// after the signal". Only the first call counts.
+    pub fn mark_signal(&self) {
+        let now = self.requests_completed.load(Ordering::Relaxed);
+        let _ =
+            self.completed_at_signal.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn counts(&self) -> Counts {
+        let completed = self.requests_completed.load(Ordering::Relaxed);
+        let at_signal = self.completed_at_signal.load(Ordering::Relaxed);
+        Counts {
+            requests_completed: completed,
+            completed_after_signal: completed.saturating_sub(at_signal.min(completed)),
+            requests_rejected: self.requests_rejected.load(Ordering::Relaxed),
+            tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
+            tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_finished_after_the_signal_are_counted() {
+        let stats = Stats::default();
+        stats.request_completed();
+        assert_eq!(stats.counts().completed_after_signal, 0, "no signal yet");
+        stats.mark_signal();
+        stats.request_completed();
+        stats.mark_signal();
+        let counts = stats.counts();
+        assert_eq!((counts.requests_completed, counts.completed_after_signal), (2, 1));
+    }
+}

@@ -1,0 +1,36 @@
+//! Why a request could not be sent upstream or answered, told by side: the proxy maps each
+//! case to the status its client gets.
+
+use std::fmt;
+use std::io;
+
+/// Why [`super::Upstream::send`] (or an exchange on one connection) failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// Every address refused or could not be reached: nothing was sent.
+    Unavailable,
+    /// The upstream connection failed, or the upstream spoke something that is not HTTP/1.1.
+    Upstream(io::Error),
+    /// The client's request body failed while it was being sent (the client went away).
+    ClientAborted(hyper::Error),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Unavailable => f.write_str("no address reachable"),
+            SendError::Upstream(_) => f.write_str("upstream connection failed"),
+            SendError::ClientAborted(_) => f.write_str("client request body failed"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Unavailable => None,
+            SendError::Upstream(e) => Some(e),
+            SendError::ClientAborted(e) => Some(e),
+        }
+    }
+}

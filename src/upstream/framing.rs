@@ -1,0 +1,211 @@
+//! How an upstream response body is delimited (RFC 9112 §6.3), and the chunked decoder
+//! (RFC 9112 §7.1).
+//!
+//! The decoder is incremental: it takes what it can from the read buffer and keeps its place
+//! in [`ChunkedState`], so a body split into reads at any byte decodes the same (property
+//! tested below).
+
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::http1::hex_digit;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// This many bytes are left.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(ChunkedState),
+    /// Until the upstream closes the connection.
+    UntilClose,
+    /// Read whole.
+    Done,
+}
+
+impl BodyFraming {
+    /// A chunked body, before its first byte.
+    pub fn chunked() -> Self {
+        BodyFraming::Chunked(ChunkedState::Size { size: 0, digits: 0 })
+    }
+}
+
+/// Where a chunked decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkedState {
+    /// Reading the hex size.
+    Size {
+        /// The size so far.
+        size: u64,
+        /// Hex digits read.
+        digits: u8,
+    },
+    /// Skipping a chunk extension (or blanks) up to the line's end.
+    SizeLineEnd {
+        /// The chunk's size.
+        size: u64,
+    },
+    /// Inside chunk data; this many bytes are left.
+    Data(u64),
+    /// The CRLF after chunk data.
+    DataEnd {
+        /// The CR has been seen.
+        cr_seen: bool,
+    },
+    /// Inside the trailer section.
+    Trailers {
+        /// The current line has nothing in it yet.
+        empty: bool,
+    },
+}
+
+/// What one step of the chunked decoder found.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The buffer is used up: read more.
+    NeedMore,
+    /// The last chunk and the trailers are through: the body has ended.
+    End,
+}
+
+/// A chunk size of more than 15 hex digits (60 bits) is refused rather than overflowed.
+const MAX_SIZE_DIGITS: u8 = 15;
+
+/// Decodes what it can of `buf`, taking out what it used. Errors are framing the decoder
+/// will not guess at: a bad or oversized chunk size, chunk data not followed by CRLF.
+pub fn decode_chunked(state: &mut ChunkedState, buf: &mut BytesMut) -> io::Result<Decoded> {
+    while !buf.is_empty() {
+        match *state {
+            ChunkedState::Size { size, digits } => {
+                let b = buf[0];
+                match hex_digit(b) {
+                    Some(d) if digits < MAX_SIZE_DIGITS => {
+                        *state = ChunkedState::Size { size: size * 16 + u64::from(d), digits: digits + 1 };
+                    }
+                    Some(_) => return Err(invalid("chunk size too large")),
+                    None if digits == 0 => return Err(invalid("bad chunk size")),
+                    None if b == b'\n' => *state = after_size_line(size),
+                    None => *state = ChunkedState::SizeLineEnd { size },
+                }
+                buf.advance(1);
+            }
+            ChunkedState::SizeLineEnd { size } => match memchr::memchr(b'\n', buf) {
+                Some(i) => {
+                    buf.advance(i + 1);
+                    *state = after_size_line(size);
+                }
+                None => buf.clear(),
+            },
+            ChunkedState::Data(left) => {
+                let take = left.min(buf.len() as u64) as usize;
+                let data = buf.split_to(take).freeze();
+                *state = if take as u64 == left {
+                    ChunkedState::DataEnd { cr_seen: false }
+                } else {
+                    ChunkedState::Data(left - take as u64)
+                };
+                return Ok(Decoded::Data(data));
+            }
+            ChunkedState::DataEnd { cr_seen } => {
+                match buf[0] {
+                    b'\r' if !cr_seen => *state = ChunkedState::DataEnd { cr_seen: true },
+                    b'\n' => *state = ChunkedState::Size { size: 0, digits: 0 },
+                    _ => return Err(invalid("chunk data not followed by CRLF")),
+                }
+                buf.advance(1);
+            }
+            ChunkedState::Trailers { empty } => {
+                let b = buf[0];
+                buf.advance(1);
+                match b {
+                    b'\n' if empty => return Ok(Decoded::End),
+                    b'\n' => *state = ChunkedState::Trailers { empty: true },
+                    b'\r' => {}
+                    _ => *state = ChunkedState::Trailers { empty: false },
+                }
+            }
+        }
+    }
+    Ok(Decoded::NeedMore)
+}
+
+fn after_size_line(size: u64) -> ChunkedState {
+    if size == 0 {
+        ChunkedState::Trailers { empty: true }
+    } else {
+        ChunkedState::Data(size)
+    }
+}
+
+/// An `InvalidData` error: the upstream spoke something that is not HTTP/1.1 as we read it.
+pub(super) fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decode_all(chunks: &[&[u8]]) -> io::Result<(Vec<u8>, bool)> {
+        let mut state = ChunkedState::Size { size: 0, digits: 0 };
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                match decode_chunked(&mut state, &mut buf)? {
+                    Decoded::Data(d) => out.extend_from_slice(&d),
+                    Decoded::NeedMore => break,
+                    Decoded::End => return Ok((out, true)),
+                }
+            }
+        }
+        Ok((out, false))
+    }
+
+    #[test]
+    fn chunked_bodies_with_extensions_and_trailers_decode() {
+        let wire = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        assert_eq!(decode_all(&[wire]).unwrap(), (b"hello world".to_vec(), true));
+    }
+
+    #[test]
+    fn bad_chunked_framing_is_an_error() {
+        assert!(decode_all(&[b"zz\r\n"]).is_err());
+        assert!(decode_all(&[b"2\r\nabX\r\n"]).is_err());
+        assert!(decode_all(&[b"ffffffffffffffffff\r\n"]).is_err());
+    }
+
+    proptest! {
+        /// However the wire is split into reads, the decoder yields the same body.
+        #[test]
+        fn chunked_decoding_ignores_read_boundaries(
+            parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..50), 0..6),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let mut wire = Vec::new();
+            for part in &parts {
+                wire.extend_from_slice(format!("{:X}\r\n", part.len()).as_bytes());
+                wire.extend_from_slice(part);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len())).collect();
+            points.sort_unstable();
+            points.push(wire.len());
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&wire[last..p]);
+                last = p;
+            }
+            let (body, ended) = decode_all(&pieces).unwrap();
+            prop_assert!(ended);
+            prop_assert_eq!(body, parts.concat());
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! `close_spread`: the drain's close frames spread over a window, so that clients told to
+//! reconnect do not all come back in the same instant (a reconnect storm on the next
+//! instance).
+//!
+//! The window is cut into one slot per WebSocket tunnel open when the first tunnel asks for
+//! its slot (the moment the drain reaches the tunnels); each tunnel takes the next slot in
+//! turn. Raw (non-WebSocket) tunnels close by no handshake and take no slot.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The close-spread schedule shared by every WebSocket tunnel.
+#[derive(Debug)]
+pub struct CloseSpread {
+    window: Duration,
+    /// WebSocket tunnels open now; each holds a [`SpreadMember`].
+    open: AtomicUsize,
+    /// How many slots the window is cut into; 0 until the first slot is taken.
+    slots: AtomicUsize,
+    /// Slots handed out so far.
+    tickets: AtomicUsize,
+}
+
+/// A WebSocket tunnel's place in the count of [`CloseSpread`]; dropped when the tunnel ends.
+#[derive(Debug)]
+pub struct SpreadMember {
+    spread: Arc<CloseSpread>,
+}
+
+impl Drop for SpreadMember {
+    fn drop(&mut self) {
+        self.spread.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl CloseSpread {
+    /// A schedule over `window` (zero: every tunnel closes at once).
+    pub fn new(window: Duration) -> Self {
+        CloseSpread {
+            window,
+            open: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            tickets: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a WebSocket tunnel until the returned member drops.
+    pub fn join(self: &Arc<Self>) -> SpreadMember {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        SpreadMember { spread: self.clone() }
+    }
+
+    /// How long after the drain reaches it a tunnel should begin its close, so that the
+    /// close frames of all tunnels open at the drain are spread evenly over the window.
+    pub fn close_delay(&self) -> Duration {
+        if self.window.is_zero() {
+            return Duration::ZERO;
+        }
+        let open = self.open.load(Ordering::Relaxed).max(1);
+        let slots = match self.slots.compare_exchange(0, open, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => open,
+            Err(fixed) => fixed,
+        };
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed).min(slots - 1);
+        self.window.mul_f64(ticket as f64 / slots as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_delays_spread_evenly_over_the_window() {
+        let spread = Arc::new(CloseSpread::new(Duration::from_secs(2)));
+        let _tunnels: Vec<_> = (0..4).map(|_| spread.join()).collect();
+        let delays: Vec<u128> = (0..4).map(|_| spread.close_delay().as_millis()).collect();
+        assert_eq!(delays, vec![0, 500, 1000, 1500]);
+        assert_eq!(CloseSpread::new(Duration::ZERO).close_delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_tunnels_that_joined_take_a_slot() {
+        // Raw tunnels do not join: two WebSocket tunnels share the window.
+        let spread = Arc::new(CloseSpread::new(Duration::from_secs(2)));
+        let _ws: Vec<_> = (0..2).map(|_| spread.join()).collect();
+        let delays: Vec<u128> = (0..2).map(|_| spread.close_delay().as_millis()).collect();
+        assert_eq!(delays, vec![0, 1000]);
+    }
+}
