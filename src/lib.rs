@@ -6,26 +6,45 @@
 //! to both sides, and exits the moment its last connection closes — or at the deadline.
 //!
 //! # Layout
-//! - [`config`]: `proxy.toml`, validated, with errors that point at file:line:col.
-//! - [`daemon`]: the lifecycle — listeners, signals, phases, the exit decision.
-//! - [`drain`]: the phase watch channel and connection accounting (RAII guards).
-//! - [`listener`]: binding and the accept loop.
-//! - [`proxy`]: the hyper service — routing, header rewriting, upstream pools and lameduck's own
-//!   HTTP/1.1 client for them, error answers.
-//! - [`websocket`]: upgraded connections; the frame-boundary tracker and the tunnel relay.
-//! - [`systemd`]: sd_notify, socket activation, the fd store, the watchdog.
+//! Arrows point one way only: a room never imports a room that imports it.
+//! - [`config`]: `proxy.toml`, validated, with errors that point at file:line:col; it imports
+//!   no other room.
+//! - [`check`]: `--check`, the config and every TLS file it names, binding nothing.
+//! - [`daemon`]: the lifecycle — listeners, signals, phases, the drain's named steps, the exit
+//!   decision, and what systemd is told when.
+//! - [`drain`]: the leaf every connection watches — the phase and the open connections,
+//!   requests and tunnels (RAII guards).
+//! - [`stats`]: what has happened (requests completed and refused, tunnels closed and cut),
+//!   read by metrics and the exit summary.
+//! - [`listener`]: binding or inheriting listening sockets, and the accept loop.
+//! - [`proxy`]: the hyper service — routing, header rewriting, the request-framing tracker,
+//!   answers of its own (400, 404, 502, 503, 504).
+//! - [`upstream`]: upstream groups, their connection pools, and lameduck's HTTP/1.1 client.
+//! - [`websocket`]: upgraded connections; the frame-boundary tracker, the tunnel relay and the
+//!   ordered close, with its own [`websocket::CloseSettings`].
+//! - [`http1`]: HTTP/1.1 syntax more than one room reads (`Connection` tokens, lengths).
+//! - [`systemd`]: sd_notify, socket activation, the fd store: sockets and strings only.
 //! - [`reexec`]: zero-downtime re-exec on SIGHUP.
 //! - [`tls`]: rustls configs for TLS listeners (SNI) and https upstreams.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`logging`]: text or JSON log lines.
 //!
 //! # Lifecycle
-//! `main` loads the config (binding nothing), installs logging and calls [`daemon::run`].
-//! The daemon installs its signal handlers, binds, and serves. Each accepted connection holds
-//! a [`drain::ConnGuard`]; at a `101` the guard is shared with the tunnel. The first signal
-//! moves the [`drain::Phase`] to `Grace` (if configured) and then `Draining`: accept loops
-//! end and drop their listeners, connections wind down, and the daemon exits with status 0
-//! the moment the last guard drops, or 2 when the deadline or a second signal cuts the rest.
+//! `main` parses the command line, loads the config (binding nothing), installs logging and
+//! calls [`daemon::run`]. The daemon installs its signal handlers, binds, and serves. Each
+//! accepted connection holds a [`drain::ConnGuard`]; at a `101` a share of it moves into the
+//! tunnel. The [`drain::Phase`] only moves forwards:
+//! - `Serving` → `Grace` (if configured) → `Draining` on SIGTERM or SIGINT: accept loops end
+//!   and drop their listeners, new requests get 503, connections wind down, tunnels close;
+//! - `Serving` → `HandedOver` when a successor started by SIGHUP is ready: it owns the
+//!   listeners now, so this process winds its connections down but still forwards what
+//!   arrives on them; a drain signal after that moves on to `Draining`. That a successor
+//!   serves is a fact of its own ([`drain::State::successor`]), which stays true after it.
+//!
+//! The daemon exits with status 0 the moment the last guard drops, or 2 when the deadline or
+//! a second signal cuts the rest.
+
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod check;
@@ -37,8 +56,11 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+// fds handed over by the parent process and the re-exec's fork: both need raw fd calls.
+#[allow(unsafe_code)]
 pub mod reexec;
 pub mod stats;
+#[allow(unsafe_code)]
 pub mod systemd;
 pub mod tls;
 pub mod upstream;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::ListenConfig;
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::proxy::conn::{ConnInfo, ConnServer};
 use crate::systemd::{InheritedSocket, Notifier, Origin};
@@ -107,16 +107,16 @@ pub struct OpenedSockets {
 /// or a predecessor that the config no longer names are closed. Newly bound sockets are parked
 /// in systemd's fd store.
 pub fn open_all(
-    config: &Config,
+    listen: &[ListenConfig],
+    admin_addr: Option<SocketAddr>,
     inherited: Vec<InheritedSocket>,
     notifier: Notifier,
 ) -> Result<OpenedSockets, ListenError> {
     let strict = inherited.iter().any(|s| s.origin == Origin::SocketUnit);
     let mut pool = SocketPool(inherited.into_iter().map(Some).collect());
-    let admin_addr = config.admin.as_ref().map(|a| a.addr);
-    let mut found: Vec<_> = config.listeners.iter().map(|l| pool.claim(l.addr)).collect();
+    let mut found: Vec<_> = listen.iter().map(|l| pool.claim(l.addr)).collect();
     let mut admin = admin_addr.and_then(|addr| pool.claim(addr));
-    for (slot, entry) in found.iter_mut().zip(&config.listeners) {
+    for (slot, entry) in found.iter_mut().zip(listen) {
         if slot.is_none() && entry.addr.port() == 0 {
             *slot = pool.claim_on_ip(entry.addr);
         }
@@ -127,7 +127,7 @@ pub fn open_all(
 
     let mut problems = pool.close_leftovers(notifier);
     let mut listeners = Vec::new();
-    for (slot, entry) in found.into_iter().zip(&config.listeners) {
+    for (slot, entry) in found.into_iter().zip(listen) {
         match slot {
             None if strict => problems.push(format!(
                 "[[listen]] addr = \"{}\" has no socket from systemd: add ListenStream={} to the socket unit",

@@ -71,25 +71,13 @@ impl TlsMaterial {
         let mut problems = Vec::new();
         for listener in &config.listeners {
             let loaded = listener.tls.as_ref().map(|files| listener_tls(files, &mut material.warnings));
-            material.listeners.push(match loaded {
-                None => None,
-                Some(Ok(tls)) => Some(tls),
-                Some(Err(e)) => {
-                    problems.push(format!("listener \"{}\": {e}", listener.addr));
-                    None
-                }
-            });
+            let whose = || format!("listener \"{}\"", listener.addr);
+            material.listeners.push(keep_or_note(loaded, whose, &mut problems));
         }
         for upstream in &config.upstreams {
             let loaded = upstream.tls.then(|| client_config(upstream.ca.as_deref()));
-            material.upstreams.push(match loaded {
-                None => None,
-                Some(Ok(config)) => Some(config),
-                Some(Err(e)) => {
-                    problems.push(format!("upstream \"{}\": {e}", upstream.name));
-                    None
-                }
-            });
+            let whose = || format!("upstream \"{}\"", upstream.name);
+            material.upstreams.push(keep_or_note(loaded, whose, &mut problems));
             if upstream.tls {
                 for addr in &upstream.addrs {
                     if let Err(e) = server_name(upstream, addr) {
@@ -107,6 +95,21 @@ impl TlsMaterial {
 }
 
 /// The rustls provider lameduck uses everywhere (ring: no C toolchain beyond cc needed).
+/// What was loaded, if anything was to be; a failure joins `problems`, prefixed by `whose`.
+fn keep_or_note<T>(
+    loaded: Option<Result<T, String>>,
+    whose: impl FnOnce() -> String,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    match loaded? {
+        Ok(value) => Some(value),
+        Err(e) => {
+            problems.push(format!("{}: {e}", whose()));
+            None
+        }
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -121,13 +121,27 @@ impl Validator<'_> {
     }
 
     fn socket_addr(&mut self, raw: &Spanned<String>, what: &str) -> Option<SocketAddr> {
-        match raw.get_ref().parse() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                let message = format!(
-                    "invalid {what} {:?}: expected IP:PORT, like \"0.0.0.0:8080\" or \"[::1]:8080\"",
-                    raw.get_ref()
-                );
+        self.parsed(
+            raw,
+            |text| text.parse::<SocketAddr>(),
+            |text, _| {
+                format!("invalid {what} {text:?}: expected IP:PORT, like \"0.0.0.0:8080\" or \"[::1]:8080\"")
+            },
+        )
+    }
+
+    /// `parse` applied to `raw`; on failure, the error `message` gives (from the text and the
+    /// parser's reason) is reported at `raw`.
+    fn parsed<T, E>(
+        &mut self,
+        raw: &Spanned<String>,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+        message: impl FnOnce(&str, E) -> String,
+    ) -> Option<T> {
+        match parse(raw.get_ref()) {
+            Ok(value) => Some(value),
+            Err(why) => {
+                let message = message(raw.get_ref(), why);
                 self.error(raw, message);
                 None
             }
@@ -346,17 +360,10 @@ impl Validator<'_> {
 
     fn duration(&mut self, raw: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
-        match parse_duration(raw.get_ref()) {
-            Ok(d) => d,
-            Err(why) => {
-                let message = format!(
-                    "invalid duration {:?} for {key}: {why}; write a number with a unit, like \"30s\", \"500ms\" or \"2m\"",
-                    raw.get_ref()
-                );
-                self.error(raw, message);
-                default
-            }
-        }
+        let parsed = self.parsed(raw, parse_duration, |text, why| {
+            format!("invalid duration {text:?} for {key}: {why}; write a number with a unit, like \"30s\", \"500ms\" or \"2m\"")
+        });
+        parsed.unwrap_or(default)
     }
 
     fn positive_duration(&mut self, raw: Option<&Spanned<String>>, key: &str, default: Duration) -> Duration {

@@ -196,7 +196,9 @@ async fn start(
         warn!(warning = %warning, "tls");
     }
     let sockets = std::mem::take(&mut inherited.sockets);
-    let opened = listener::open_all(&config, sockets, notifier).map_err(StartupError::Listen)?;
+    let admin_addr = config.admin.as_ref().map(|a| a.addr);
+    let opened =
+        listener::open_all(&config.listeners, admin_addr, sockets, notifier).map_err(StartupError::Listen)?;
     let drain = Drain::new();
     let stats = Arc::new(Stats::default());
     let proxy = Arc::new(build_proxy(&config, &tls, stats.clone()));

@@ -8,10 +8,18 @@
 //! and tells the connection's I/O whether it is between requests, inside a head, or inside a
 //! body, which is what the header-read and idle timers need.
 //!
-//! It only looks at header *names* and the framing values; everything else is hyper's job. It
-//! rejects nothing itself, but notes a request whose framing it could not read (a
-//! `Content-Length` line too long to keep) so that it is refused rather than followed out of
-//! step. HTTP/2, and a connection the proxy has upgraded, turn it off.
+//! It has exactly these two jobs. It only looks at header *names* and the framing values;
+//! everything else is hyper's job. It rejects nothing itself, but notes a request whose
+//! framing it could not read (a `Content-Length` line too long to keep) so that it is refused
+//! rather than followed out of step. HTTP/2 (its preface is recognised so the tracker can
+//! stand aside), and a connection the proxy has upgraded, turn it off.
+//!
+//! Its verdicts reach requests by position: the tracker sees every byte before hyper does, so
+//! when hyper hands the service its n-th request the tracker has completed at least n heads.
+//! [`super::io::ConnActivity`] checks that invariant for every request and refuses a request
+//! the tracker has not seen whole, so a tracker that lost step fails closed.
+
+use crate::http1::{hex_digit, parse_content_length};
 
 /// How many bytes of a line are kept (blanks skipped); enough for the names and values we
 /// look at. A framing header longer than this is refused, never guessed at.
@@ -42,9 +50,9 @@ enum State {
     Off,
 }
 
-/// What the current head has said so far.
+/// What the current request head has said so far about its framing.
 #[derive(Debug, Default, Clone, Copy)]
-struct HeadFacts {
+struct HeadSoFar {
     first_line_seen: bool,
     content_length: Option<u64>,
     transfer_encoding: bool,
@@ -62,7 +70,7 @@ pub struct RequestFraming {
     line_truncated: bool,
     /// The current line cannot matter (its first byte says so): only its end is looked for.
     line_skipped: bool,
-    head: HeadFacts,
+    head: HeadSoFar,
     heads: u64,
     conflict_at: Option<u64>,
     h2: bool,
@@ -83,7 +91,7 @@ impl RequestFraming {
             line_len: 0,
             line_truncated: false,
             line_skipped: false,
-            head: HeadFacts::default(),
+            head: HeadSoFar::default(),
             heads: 0,
             conflict_at: None,
             h2: false,
@@ -240,7 +248,7 @@ impl RequestFraming {
         if line.is_empty() {
             self.end_head();
         } else if let Some(value) = header_value(line, b"content-length") {
-            self.head.content_length = Some(parse_decimal(value).unwrap_or(0));
+            self.head.content_length = Some(parse_content_length(value).unwrap_or(0));
             self.head.unreadable |= truncated;
         } else if header_value(line, b"transfer-encoding").is_some() {
             self.head.transfer_encoding = true;
@@ -267,13 +275,7 @@ impl RequestFraming {
 
     fn chunk_size_line(&mut self, line: &[u8]) {
         let mut size: u64 = 0;
-        for &b in line {
-            let digit = match b {
-                b'0'..=b'9' => b - b'0',
-                b'a'..=b'f' => b - b'a' + 10,
-                b'A'..=b'F' => b - b'A' + 10,
-                _ => break,
-            };
+        for digit in line.iter().map_while(|&b| hex_digit(b)) {
             size = size.saturating_mul(16).saturating_add(u64::from(digit));
         }
         self.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
@@ -290,15 +292,6 @@ fn header_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 
 fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &b| {
-        b.is_ascii_digit().then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?
-    })
 }
 
 #[cfg(test)]

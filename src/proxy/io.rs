@@ -36,6 +36,9 @@ pub struct ConnActivity {
     last_done_ms: AtomicU64,
     /// Requests handed to the service so far; gives each request its index.
     requests: AtomicU64,
+    /// HTTP/1 request heads the framing tracker has seen whole (set by the I/O, which sees
+    /// every byte before hyper does).
+    heads_seen: AtomicU64,
     /// Index of the first request with framing lameduck will not forward, or `u64::MAX`.
     conflict_at: AtomicU64,
     /// The connection was upgraded (a 101 went out): the bytes that follow are not HTTP.
@@ -52,6 +55,7 @@ impl ConnActivity {
             in_flight: AtomicU32::new(0),
             last_done_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            heads_seen: AtomicU64::new(0),
             conflict_at: AtomicU64::new(u64::MAX),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
@@ -69,8 +73,15 @@ impl ConnActivity {
     pub fn request_started(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let index = self.requests.fetch_add(1, Ordering::Relaxed);
-        let ambiguous = self.conflict_at.load(Ordering::Relaxed) == index;
+        let ambiguous = !self.is_h2() && !self.tracker_vouches_for(index);
         InFlight { activity: self.clone(), ambiguous }
+    }
+
+    /// Whether the framing tracker has seen HTTP/1 request `index` whole, and neither it nor
+    /// one before it had framing lameduck refuses. A request it has not seen whole means the
+    /// tracker lost step with hyper: the request is refused rather than trusted.
+    fn tracker_vouches_for(&self, index: u64) -> bool {
+        index < self.heads_seen.load(Ordering::Relaxed) && index < self.conflict_at.load(Ordering::Relaxed)
     }
 
     /// Marks the connection as upgraded; called before the 101 goes out.
@@ -222,6 +233,7 @@ impl<I> ConnIo<I> {
         if self.framing.is_h2() {
             self.activity.h2.store(true, Ordering::Relaxed);
         }
+        self.activity.heads_seen.store(self.framing.heads(), Ordering::Relaxed);
         if let Some(i) = self.framing.conflict_at() {
             self.activity.conflict_at.store(i, Ordering::Relaxed);
         }
@@ -363,5 +375,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<I> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_get_the_verdict_of_their_own_head_and_unseen_heads_are_refused() {
+        let activity = Arc::new(ConnActivity::new(false));
+        activity.heads_seen.store(3, Ordering::Relaxed);
+        activity.conflict_at.store(1, Ordering::Relaxed);
+        let verdicts: Vec<bool> = (0..4).map(|_| activity.request_started().ambiguous).collect();
+        // 0 fine; 1 conflicting; 2 after a conflict; 3 never seen whole by the tracker.
+        assert_eq!(verdicts, [false, true, true, true]);
+    }
+
+    #[test]
+    fn http2_requests_are_not_judged_by_the_http1_tracker() {
+        let activity = Arc::new(ConnActivity::new(true));
+        assert!(!activity.request_started().ambiguous);
     }
 }

@@ -30,7 +30,7 @@ pub struct SpreadMember {
 
 impl Drop for SpreadMember {
     fn drop(&mut self) {
-        self.spread.open.fetch_sub(1, Ordering::Relaxed);
+        self.spread.leave();
     }
 }
 
@@ -49,6 +49,11 @@ impl CloseSpread {
     pub fn join(self: &Arc<Self>) -> SpreadMember {
         self.open.fetch_add(1, Ordering::Relaxed);
         SpreadMember { spread: self.clone() }
+    }
+
+    /// A WebSocket tunnel has ended.
+    fn leave(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// How long after the drain reaches it a tunnel should begin its close, so that the
