@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::upstream::SendError;
+use crate::upstream::{BoxError, SendError};
 
 /// Which side of the proxy a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +33,8 @@ pub enum ProxyError {
     Connect,
     /// The client's request body failed while it was being forwarded (the client went away).
     ClientAborted {
-        /// What hyper saw.
-        source: hyper::Error,
+        /// What the request body failed with.
+        source: BoxError,
     },
     /// Every address of the upstream refused or could not be reached.
     Unavailable {
@@ -148,7 +148,7 @@ impl std::error::Error for ProxyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ProxyError::Failed { source, .. } => Some(source.as_ref()),
-            ProxyError::ClientAborted { source } => Some(source),
+            ProxyError::ClientAborted { source } => Some(source.as_ref()),
             _ => None,
         }
     }

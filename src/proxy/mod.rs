@@ -225,8 +225,8 @@ async fn forward_upgrade(
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true);
-    let (mut resp, io) = match within_timeout(upstream, upstream.send_upgrade(req)).await? {
-        UpgradeAnswer::Switched(resp, io) => (resp, io),
+    let (mut resp, switched) = match within_timeout(upstream, upstream.send_upgrade(req)).await? {
+        UpgradeAnswer::Switched(resp, switched) => (resp, switched),
         UpgradeAnswer::Refused(mut resp) => {
             rewrite_response(&mut resp);
             return Ok((resp.map(ResponseBody::upstream), upstream.name.clone()));
@@ -237,7 +237,8 @@ async fn forward_upgrade(
     conn.activity.mark_upgraded();
     let handoff = Handoff {
         client: client_upgrade,
-        upstream: io,
+        upstream: switched.io,
+        upstream_first: switched.read_first,
         websocket: headers::is_websocket(resp.headers()),
         guard: conn.drain.tunnel_guard(conn.guard.clone()),
         peer: conn.peer,

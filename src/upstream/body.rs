@@ -17,7 +17,7 @@ use super::conn::Conn;
 use super::error::SendError;
 use super::framing::{decode_chunked, BodyFraming, Decoded};
 use super::pool::Target;
-use super::upload::Upload;
+use super::upload::Unsent;
 
 /// A response body read from an upstream connection.
 #[derive(Debug)]
@@ -29,7 +29,7 @@ pub struct UpstreamBody {
     keep_alive: bool,
     /// What is left of the request to send, if the upstream answered before it had it all
     /// (boxed: rare, and every response carries this field).
-    upload: Option<Box<Upload>>,
+    upload: Option<Box<dyn Unsent>>,
     target: Arc<Target>,
 }
 
@@ -39,7 +39,7 @@ impl UpstreamBody {
         conn: Conn,
         framing: BodyFraming,
         keep_alive: bool,
-        upload: Option<Box<Upload>>,
+        upload: Option<Box<dyn Unsent>>,
         target: Arc<Target>,
     ) -> Self {
         UpstreamBody { conn: Some(conn), framing, keep_alive, upload, target }
@@ -72,7 +72,7 @@ impl UpstreamBody {
             Poll::Ready(Err(SendError::ClientAborted(e))) => return Err(io::Error::other(e)),
             // The upstream stopped reading; its answer may still come whole.
             Poll::Ready(Err(_)) => {
-                upload.failed = true;
+                upload.fail();
                 self.keep_alive = false;
             }
         }

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::connect::UpstreamIo;
 
@@ -70,54 +70,18 @@ impl Conn {
         }
     }
 
-    /// The connection after a `101`: the bytes the upstream sent after its answer come first.
-    pub(super) fn into_switched(self) -> SwitchedIo {
-        SwitchedIo { io: self.io, read_first: self.buf.freeze() }
+    /// The connection after a `101`: the stream, and the bytes read past the answer.
+    pub(super) fn into_switched(self) -> Switched {
+        Switched { io: self.io, read_first: self.buf.freeze() }
     }
 }
 
 /// An upstream connection that switched protocols (RFC 9110 §15.2.2): raw bytes both ways.
 #[derive(Debug)]
-pub struct SwitchedIo {
-    io: UpstreamIo,
-    /// Read after the `101` head, before the switch was known: handed out before the socket's.
-    read_first: Bytes,
-}
-
-impl AsyncRead for SwitchedIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.read_first.is_empty() {
-            let take = buf.remaining().min(this.read_first.len());
-            buf.put_slice(&this.read_first.split_to(take));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SwitchedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+pub struct Switched {
+    /// The connection.
+    pub io: UpstreamIo,
+    /// What the upstream sent right after its `101`, read with the head: the new protocol's
+    /// first bytes, to be relayed before anything read from `io`.
+    pub read_first: Bytes,
 }

@@ -49,25 +49,27 @@ impl UpstreamIo {
     }
 }
 
+/// Calls `$call` on whichever stream `$io` holds, bound as `$s`.
+macro_rules! on_stream {
+    ($io:expr, $s:ident => $call:expr) => {
+        match $io {
+            UpstreamIo::Plain($s) => $call,
+            UpstreamIo::Tls($s) => $call,
+            #[cfg(test)]
+            UpstreamIo::Scripted($s) => $call,
+        }
+    };
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        on_stream!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        on_stream!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -75,39 +77,19 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        on_stream!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => s.is_write_vectored(),
-        }
+        on_stream!(self, s => s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => Pin::new(s).poll_flush(cx),
-        }
+        on_stream!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(test)]
-            UpstreamIo::Scripted(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        on_stream!(self.get_mut(), s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

@@ -4,6 +4,9 @@
 use std::fmt;
 use std::io;
 
+/// Any error, boxed: what a request body failed with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why [`super::Upstream::send`] (or an exchange on one connection) failed.
 #[derive(Debug)]
 pub enum SendError {
@@ -12,7 +15,7 @@ pub enum SendError {
     /// The upstream connection failed, or the upstream spoke something that is not HTTP/1.1.
     Upstream(io::Error),
     /// The client's request body failed while it was being sent (the client went away).
-    ClientAborted(hyper::Error),
+    ClientAborted(BoxError),
 }
 
 impl fmt::Display for SendError {
@@ -30,7 +33,7 @@ impl std::error::Error for SendError {
         match self {
             SendError::Unavailable => None,
             SendError::Upstream(e) => Some(e),
-            SendError::ClientAborted(e) => Some(e),
+            SendError::ClientAborted(e) => Some(e.as_ref()),
         }
     }
 }

@@ -14,33 +14,32 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::body::UpstreamBody;
-use super::conn::{Conn, SwitchedIo};
+use super::conn::{Conn, Switched};
 use super::error::SendError;
 use super::framing::invalid;
 use super::head::{encode_head, parse_head, Asked, ResponseHead, MAX_HEAD_BYTES};
 use super::pool::Target;
-use super::upload::Upload;
+use super::upload::{RequestBody, Upload};
 
 /// What became of one exchange.
 #[derive(Debug)]
-pub enum Exchanged {
+pub enum Exchanged<B> {
     /// The upstream answered; the body reads the rest from the connection.
     Answered(Response<UpstreamBody>),
     /// The upstream switched protocols: the connection is the new protocol's now.
-    Switched(Response<()>, SwitchedIo),
+    Switched(Response<()>, Switched),
     /// The upstream closed a reused connection before answering, and nothing of the request
     /// that cannot be sent again was sent: the request comes back, to be tried elsewhere.
-    NotSent(Request<Incoming>),
+    NotSent(Request<B>),
 }
 
 /// One request in progress on one connection, until its response head is in.
-struct Exchange {
+struct Exchange<B> {
     conn: Conn,
     parts: http::request::Parts,
-    upload: Upload,
+    upload: Upload<B>,
     asked: Asked,
     /// Why writing failed (the upstream may still answer), reported if no answer comes.
     write_error: Option<io::Error>,
@@ -48,8 +47,8 @@ struct Exchange {
     head: Option<ResponseHead>,
 }
 
-impl Exchange {
-    fn new(conn: Conn, req: Request<Incoming>, upgrade: bool) -> Self {
+impl<B: RequestBody> Exchange<B> {
+    fn new(conn: Conn, req: Request<B>, upgrade: bool) -> Self {
         let (head, framing) = encode_head(&req);
         let (parts, body) = req.into_parts();
         let asked = Asked { head_method: parts.method == Method::HEAD, upgrade };
@@ -96,7 +95,7 @@ impl Exchange {
     }
 
     /// What the exchange came to, once the head is in.
-    fn finish(self, target: Arc<Target>) -> Result<Exchanged, SendError> {
+    fn finish(self, target: Arc<Target>) -> Result<Exchanged<B>, SendError> {
         let head = self.head.expect("finished only once the head is in");
         if head.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if !self.upload.finished() || self.upload.failed {
@@ -107,7 +106,7 @@ impl Exchange {
         }
         // An upgrade request has a connection of its own, which an answer other than 101 ends.
         let keep_alive = head.keep_alive && !self.upload.failed && !self.asked.upgrade;
-        let upload = Some(Box::new(self.upload)).filter(|u| !u.finished());
+        let upload = Some(self.upload).filter(|u| !u.finished()).map(|u| Box::new(u) as Box<_>);
         let body = UpstreamBody::new(self.conn, head.framing, keep_alive, upload, target);
         let (parts, ()) = head.response.into_parts();
         Ok(Exchanged::Answered(Response::from_parts(parts, body)))
@@ -136,19 +135,24 @@ impl Exchange {
 /// once the response body has been read whole, if the connection can carry another request.
 /// `upgrade`: the request asks to switch protocols, so a `101` is a good answer. A failure
 /// that may be retried elsewhere gives the request back as [`Exchanged::NotSent`].
-pub fn exchange(conn: Conn, req: Request<Incoming>, target: Arc<Target>, upgrade: bool) -> Exchanging {
+pub fn exchange<B: RequestBody>(
+    conn: Conn,
+    req: Request<B>,
+    target: Arc<Target>,
+    upgrade: bool,
+) -> Exchanging<B> {
     Exchanging { exchange: Some(Exchange::new(conn, req, upgrade)), target: Some(target) }
 }
 
 /// The future of [`exchange`]: written by hand so that it holds the exchange once (an async
 /// fn would also keep its arguments), since it sits inside every request's future.
-pub struct Exchanging {
-    exchange: Option<Exchange>,
+pub struct Exchanging<B> {
+    exchange: Option<Exchange<B>>,
     target: Option<Arc<Target>>,
 }
 
-impl std::future::Future for Exchanging {
-    type Output = Result<Exchanged, SendError>;
+impl<B: RequestBody> std::future::Future for Exchanging<B> {
+    type Output = Result<Exchanged<B>, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();

@@ -133,6 +133,11 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> io::Result<Option<Respons
             facts.note(&name, &value)?;
             headers.append(name, value);
         }
+        if facts.transfer_encoding.is_some() && facts.content_length.is_some() {
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary
+            // removes the Content-Length before forwarding (the body is not that long).
+            headers.remove(header::CONTENT_LENGTH);
+        }
         let framing = if switching { BodyFraming::Done } else { facts.framing(status, asked.head_method) };
         let keep_alive = !switching
             && framing != BodyFraming::UntilClose

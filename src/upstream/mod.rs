@@ -36,6 +36,8 @@ mod exchange;
 mod framing;
 mod head;
 mod pool;
+#[cfg(test)]
+mod tests;
 mod upload;
 
 use std::io;
@@ -44,17 +46,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
 pub use body::UpstreamBody;
-pub use conn::SwitchedIo;
-pub use error::SendError;
+pub use conn::Switched;
+pub use connect::UpstreamIo;
+pub use error::{BoxError, SendError};
+pub use upload::RequestBody;
 
 use conn::Conn;
-use connect::{connect_io, UpstreamIo};
+use connect::connect_io;
 use exchange::{exchange, Exchanged};
 use pool::Target;
 
@@ -77,7 +80,7 @@ pub struct Upstream {
 #[derive(Debug)]
 pub enum UpgradeAnswer {
     /// `101 Switching Protocols`: the head, and the connection, raw from now on.
-    Switched(Response<()>, SwitchedIo),
+    Switched(Response<()>, Switched),
     /// Any other answer: an ordinary response.
     Refused(Response<UpstreamBody>),
 }
@@ -105,7 +108,10 @@ impl Upstream {
     /// Sends `req` (which asks for no upgrade) to the next address in turn, failing over as
     /// described in the module doc. The response body gives the connection back to its pool
     /// once it has been read whole.
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<UpstreamBody>, SendError> {
+    pub async fn send<B: RequestBody>(
+        &self,
+        mut req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         for target in self.in_turn() {
             // Idle connections first, then a new one; one await of the exchange keeps the
             // future (part of every request's) small.
@@ -137,7 +143,7 @@ impl Upstream {
 
     /// Sends an upgrade request (WebSocket) on a new connection of its own, failing over to
     /// the next address while connecting fails.
-    pub async fn send_upgrade(&self, req: Request<Incoming>) -> Result<UpgradeAnswer, SendError> {
+    pub async fn send_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<UpgradeAnswer, SendError> {
         for target in self.in_turn() {
             let Some(io) = self.connect(target).await else { continue };
             return match exchange(Conn::new(io), req, target.clone(), true).await? {

@@ -4,23 +4,28 @@
 //! an echo or a `413`), so both the exchange and the response body drive it.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::Body;
-use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 
 use super::connect::UpstreamIo;
-use super::error::SendError;
+use super::error::{BoxError, SendError};
 use super::head::RequestBodyFraming;
 
+/// A request body the client can send: hyper's `Incoming` in the proxy, any body of [`Bytes`]
+/// in tests.
+pub trait RequestBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> RequestBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
 /// The request on its way out.
-#[derive(Debug)]
-pub struct Upload {
-    pub(super) body: Incoming,
+pub struct Upload<B> {
+    pub(super) body: B,
     framing: RequestBodyFraming,
     /// Bytes queued for the socket, in order: the head, then body pieces.
     out: Outbox,
@@ -32,10 +37,13 @@ pub struct Upload {
     pub(super) failed: bool,
 }
 
-impl Upload {
+impl<B: RequestBody> Upload<B> {
     /// A request whose encoded `head` goes first, then `body` framed as `framing` says.
-    pub fn new(head: Bytes, body: Incoming, framing: RequestBodyFraming) -> Self {
-        let done = framing == RequestBodyFraming::None;
+    pub fn new(head: Bytes, body: B, framing: RequestBodyFraming) -> Self {
+        // A body over before it starts (`Content-Length: 0`) is not polled: nothing is taken
+        // from the client, so the request can still be sent again.
+        let done = framing == RequestBodyFraming::None
+            || (framing == RequestBodyFraming::Length && body.is_end_stream());
         Upload { body, framing, out: Outbox::new(head), done, touched: false, failed: false }
     }
 
@@ -49,12 +57,19 @@ impl Upload {
                 // TLS keeps written records until flushed; plain TCP flushes at once.
                 return Pin::new(io).poll_flush(cx).map_err(SendError::Upstream);
             }
-            std::task::ready!(self.poll_body(cx)).map_err(SendError::ClientAborted)?;
+            match self.poll_body(cx) {
+                Poll::Ready(taken) => taken.map_err(SendError::ClientAborted)?,
+                Poll::Pending => {
+                    // Waiting for the client: what went before must not wait in TLS records.
+                    std::task::ready!(Pin::new(io).poll_flush(cx)).map_err(SendError::Upstream)?;
+                    return Poll::Pending;
+                }
+            }
         }
     }
 
     /// Takes the next piece of the request body, or its end, into the queue.
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
         self.touched = true;
         match frame {
@@ -72,7 +87,7 @@ impl Upload {
                     }
                 }
             }
-            Some(Err(e)) => return Poll::Ready(Err(e)),
+            Some(Err(e)) => return Poll::Ready(Err(e.into())),
             None => {
                 self.done = true;
                 if self.framing == RequestBodyFraming::Chunked {
@@ -86,6 +101,43 @@ impl Upload {
     /// Nothing is left to send (all of it went, or writing failed).
     pub fn finished(&self) -> bool {
         self.failed || (self.done && self.out.is_empty())
+    }
+}
+
+impl<B> fmt::Debug for Upload<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upload")
+            .field("framing", &self.framing)
+            .field("out", &self.out)
+            .field("done", &self.done)
+            .field("touched", &self.touched)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What is left of an upload once the response head is in, whatever the request body's type:
+/// the response body drives it without being generic over the request.
+pub trait Unsent: fmt::Debug + Send {
+    /// [`Upload::poll`].
+    fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), SendError>>;
+    /// [`Upload::finished`].
+    fn finished(&self) -> bool;
+    /// Writing failed: nothing more is sent.
+    fn fail(&mut self);
+}
+
+impl<B: RequestBody> Unsent for Upload<B> {
+    fn poll(&mut self, io: &mut UpstreamIo, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Upload::poll(self, io, cx)
+    }
+
+    fn finished(&self) -> bool {
+        Upload::finished(self)
+    }
+
+    fn fail(&mut self) {
+        self.failed = true;
     }
 }
 

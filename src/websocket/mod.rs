@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -52,8 +53,10 @@ pub struct Tunnels {
 pub struct Handoff<U> {
     /// The client's side, available once hyper has sent the `101`.
     pub client: OnUpgrade,
-    /// The upstream's side, already switched (bytes it sent after its `101` included).
+    /// The upstream's side, already switched.
     pub upstream: U,
+    /// What the upstream sent right after its `101` (read with the head): relayed first.
+    pub upstream_first: Bytes,
     /// The `101` switched to WebSocket (else the bytes are relayed raw).
     pub websocket: bool,
     /// Keeps the client connection counted open while the tunnel runs.
@@ -75,7 +78,7 @@ impl Tunnels {
     where
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Handoff { client, upstream, websocket, guard, peer } = handoff;
+        let Handoff { client, upstream, upstream_first, websocket, guard, peer } = handoff;
         let member = websocket.then(|| self.spread.join());
         let tunnels = self.clone();
         tokio::spawn(async move {
@@ -83,8 +86,9 @@ impl Tunnels {
                 Ok(client) => client,
                 Err(e) => return debug!(client.addr = %peer, error = %e, "upgrade failed"),
             };
+            let settings = tunnels.settings.clone();
             let tunnel =
-                tunnel::Tunnel::new(TokioIo::new(client), upstream, websocket, tunnels.settings.clone());
+                tunnel::Tunnel::new(TokioIo::new(client), upstream, upstream_first, websocket, settings);
             tunnel.run(drain, &tunnels.spread, &tunnels.stats).await;
             drop((member, guard));
             debug!(client.addr = %peer, "tunnel closed");

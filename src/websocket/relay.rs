@@ -10,6 +10,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::{FrameTracker, OP_CLOSE};
@@ -87,6 +88,8 @@ pub struct Pipe {
     pub mode: Mode,
     /// A frame to write before anything else, and how much of it is written.
     inject: Option<(Vec<u8>, usize)>,
+    /// Bytes `src` sent before the tunnel began (read past the `101` head): read before `src`.
+    read_first: Bytes,
     /// A Close frame went by in `Forward` mode.
     pub close_seen: bool,
     eof: bool,
@@ -104,10 +107,17 @@ impl Pipe {
             tracker: websocket.then(FrameTracker::new),
             mode: Mode::Forward,
             inject: None,
+            read_first: Bytes::new(),
             close_seen: false,
             eof: false,
             eof_reported: false,
         }
+    }
+
+    /// Bytes of `src` that arrived before the tunnel began; they are relayed first, like
+    /// anything read from `src`.
+    pub fn read_first(&mut self, bytes: Bytes) {
+        self.read_first = bytes;
     }
 
     /// True while the pipe follows valid WebSocket frames.
@@ -207,9 +217,18 @@ impl Pipe {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads into a borrowed buffer, giving it back if nothing came.
+    /// Reads into a borrowed buffer (bytes to read first before `src`), giving it back if
+    /// nothing came.
     fn read<S: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, src: &mut S) -> Poll<io::Result<()>> {
         let mut buf = take_buf();
+        if !self.read_first.is_empty() {
+            let n = self.read_first.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.read_first[..n]);
+            self.read_first.advance(n);
+            (self.pos, self.ready, self.end) = (0, 0, n);
+            self.buf = Some(buf);
+            return Poll::Ready(Ok(()));
+        }
         let mut read_buf = ReadBuf::new(&mut buf);
         match Pin::new(src).poll_read(cx, &mut read_buf) {
             Poll::Ready(Ok(())) => {

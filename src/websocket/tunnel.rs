@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
@@ -70,9 +71,18 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    /// A tunnel between `client` and `upstream`; `websocket` makes it follow frames.
-    pub fn new(client: C, upstream: U, websocket: bool, settings: Arc<CloseSettings>) -> Self {
-        Tunnel { client, upstream, up: Pipe::new(websocket), down: Pipe::new(websocket), websocket, settings }
+    /// A tunnel between `client` and `upstream`, which sent `upstream_first` before the
+    /// tunnel began (bytes read past its `101`); `websocket` makes it follow frames.
+    pub fn new(
+        client: C,
+        upstream: U,
+        upstream_first: Bytes,
+        websocket: bool,
+        settings: Arc<CloseSettings>,
+    ) -> Self {
+        let mut down = Pipe::new(websocket);
+        down.read_first(upstream_first);
+        Tunnel { client, upstream, up: Pipe::new(websocket), down, websocket, settings }
     }
 
     /// Relays until the tunnel ends; on drain (or a handover), closes it as the module doc

@@ -1,0 +1,181 @@
+//! Request bodies on the wire: by `Content-Length` as they come, chunked when the length is
+//! unknown; finished while the response body is read when the upstream answers early; and what
+//! a failure on either side does.
+
+use http::StatusCode;
+
+use super::*;
+
+const POST_LENGTH: &[u8] = b"POST /upload HTTP/1.1\r\nhost: app.test\r\ncontent-length: 11\r\n\r\n";
+const POST_CHUNKED: &[u8] = b"POST /upload HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n";
+
+fn post<B>(length: Option<usize>, body: B) -> Request<B> {
+    let req = Request::post("/upload").header("host", "app.test");
+    match length {
+        Some(n) => req.header("content-length", n),
+        None => req,
+    }
+    .body(body)
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_with_content_length_goes_out_as_it_comes_through_partial_writes() {
+    let target = target();
+    let conn = Script::new()
+        .accepts(POST_LENGTH, &[after(POST_LENGTH, b"content-length: 1"), POST_LENGTH.len() - 3])
+        .accepts(b"hello world", &[2, 7])
+        .answers(&[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"])
+        .then_next_request()
+        .conn();
+    let body = frames(vec![data(b"hello"), data(b" world")]);
+
+    let resp = answer(conn, post(Some(11), body), &target).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    drop(resp);
+    assert_pooled_and_reusable(&target).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upload_of_unknown_length_goes_out_chunked_through_partial_writes() {
+    let target = target();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "1".parse().unwrap());
+    let conn = Script::new()
+        .accepts(POST_CHUNKED, &[after(POST_CHUNKED, b"chunked\r")])
+        // Sizes in lower-case hex; empty pieces send nothing (a 0 would end the body);
+        // trailers are not forwarded.
+        .accepts(b"5\r\nhello\r\n1a\r\n world, and a longer piece\r\n0\r\n\r\n", &[1, 4, 11, 12, 15, 45])
+        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        .then_next_request()
+        .conn();
+    let body = frames(vec![
+        data(b"hello"),
+        data(b""),
+        data(b" world, and a longer piece"),
+        Ok(Frame::trailers(trailers)),
+    ]);
+
+    let resp = answer(conn, post(None, body), &target).await;
+    assert_eq!(read_whole(resp.into_body()).await, b"ok");
+    assert_pooled_and_reusable(&target).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chunked_upload_answered_before_it_ends_is_finished_by_reading_the_body_and_then_pools() {
+    let target = target();
+    let conn = Script::new()
+        .accepts(POST_CHUNKED, &[])
+        .accepts(b"5\r\nhello\r\n", &[])
+        .answers(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"])
+        // The script reads no further until the rest of the upload is in.
+        .accepts(b"6\r\n world\r\n0\r\n\r\n", &[4])
+        .answers(&[b"6\r\n world\r\n0\r\n\r\n"])
+        .then_next_request()
+        .conn();
+    let (tx, body) = channel();
+    tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+
+    let resp = answer(conn, post(None, body), &target).await;
+    // The answer came while the client is still sending.
+    tx.send(Ok(Bytes::from_static(b" world"))).unwrap();
+    drop(tx);
+    assert_eq!(read_whole(resp.into_body()).await, b"hello world");
+    assert_pooled_and_reusable(&target).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_content_length_upload_answered_before_it_ends_is_finished_by_reading_the_body_and_then_pools() {
+    let target = target();
+    let conn = Script::new()
+        .accepts(POST_LENGTH, &[])
+        .accepts(b"hello", &[])
+        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"])
+        .accepts(b" world", &[3])
+        .answers(&[b"ec", b"ho"])
+        .then_next_request()
+        .conn();
+    let (tx, body) = channel();
+    tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+
+    let resp = answer(conn, post(Some(11), body), &target).await;
+    tx.send(Ok(Bytes::from_static(b" world"))).unwrap();
+    drop(tx);
+    assert_eq!(read_whole(resp.into_body()).await, b"echo");
+    assert_pooled_and_reusable(&target).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_ends_before_the_upload_does_leaves_the_connection_out_of_the_pool() {
+    for answer_wire in [
+        &b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"[..],
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 5\r\n\r\nlarge",
+    ] {
+        let target = target();
+        let conn =
+            Script::new().accepts(POST_LENGTH, &[]).accepts(b"hello", &[]).answers(&[answer_wire]).conn();
+        let (tx, body) = channel();
+        tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+
+        let resp = answer(conn, post(Some(11), body), &target).await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        read_whole(resp.into_body()).await;
+        assert_not_pooled(&target);
+        drop(tx);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_stops_reading_mid_upload_still_gets_its_answer_through_but_not_pooled() {
+    let target = target();
+    let conn = Script::new()
+        .accepts(POST_LENGTH, &[])
+        .write_fails(io::ErrorKind::BrokenPipe)
+        .answers(&[b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\n", b"nope"])
+        .conn();
+
+    let resp = answer(conn, post(Some(11), frames(vec![data(b"hello world")])), &target).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(read_whole(resp.into_body()).await, b"nope");
+    assert_not_pooled(&target);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_is_the_error_when_no_answer_follows() {
+    let target = target();
+    let conn = Script::new().accepts(POST_LENGTH, &[]).write_fails(io::ErrorKind::ConnectionReset).conn();
+
+    let e = failure(conn, post(Some(11), frames(vec![data(b"hello world")])), &target, false).await;
+    assert_eq!(upstream_kind(&e), io::ErrorKind::ConnectionReset, "not the EOF read after it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_body_that_fails_before_the_answer_is_client_aborted_with_its_error() {
+    let target = target();
+    let conn = Script::new().accepts(POST_CHUNKED, &[]).accepts(b"3\r\nabc\r\n", &[]).conn();
+    let body = frames(vec![data(b"abc"), Err(io::Error::other("client went away"))]);
+
+    match failure(conn, post(None, body), &target, false).await {
+        SendError::ClientAborted(e) => assert_eq!(e.to_string(), "client went away"),
+        other => panic!("not the client's failure: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_body_that_fails_after_the_answer_fails_the_response_body_and_is_not_pooled() {
+    let target = target();
+    let conn = Script::new()
+        .accepts(POST_CHUNKED, &[])
+        .accepts(b"3\r\nabc\r\n", &[])
+        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"])
+        .conn();
+    let (tx, body) = channel();
+    tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+
+    let resp = answer(conn, post(None, body), &target).await;
+    tx.send(Err(io::Error::other("client went away"))).unwrap();
+    let (bytes, error) = read_body(resp.into_body()).await;
+    assert!(bytes.is_empty());
+    assert_eq!(error.expect("the body fails").to_string(), "client went away");
+    assert_not_pooled(&target);
+}
