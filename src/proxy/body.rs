@@ -18,7 +18,6 @@ use tokio::time::Instant;
 
 use super::io::InFlight;
 use crate::drain::RequestGuard;
-use crate::stats::Stats;
 use crate::upstream::UpstreamBody;
 
 /// What a response body is made of.
@@ -53,8 +52,6 @@ struct Finish {
     _request: RequestGuard,
     /// Keeps the request counted on its connection (for the idle timer) until now.
     _in_flight: InFlight,
-    /// Counts the request as completed when it ends; `None` for one refused for the drain.
-    completes: Option<Arc<Stats>>,
     /// Boxed: only there when access logs are on, and every response carries the field.
     record: Option<Box<AccessRecord>>,
 }
@@ -88,16 +85,15 @@ impl ResponseBody {
         ResponseBody::full(Bytes::new())
     }
 
-    /// Attaches the bookkeeping that runs when this response ends: the guards drop, the
-    /// request is counted in `completes` (if given), and `record` is logged.
+    /// Attaches the bookkeeping that runs when this response ends: the guards drop (which
+    /// counts the request as completed) and `record` is logged.
     pub fn finish_with(
         &mut self,
         request: RequestGuard,
         in_flight: InFlight,
-        completes: Option<Arc<Stats>>,
         record: Option<Box<AccessRecord>>,
     ) {
-        self.finish = Some(Finish { _request: request, _in_flight: in_flight, completes, record });
+        self.finish = Some(Finish { _request: request, _in_flight: in_flight, record });
     }
 }
 
@@ -149,9 +145,6 @@ impl Drop for ResponseBody {
         let Some(finish) = self.finish.take() else {
             return;
         };
-        if let Some(stats) = &finish.completes {
-            stats.request_completed();
-        }
         let complete = self.complete || self.is_end_stream();
         if let Some(r) = finish.record {
             let (method, client) = (&r.method, &r.client);

@@ -51,7 +51,7 @@ impl ConnServer {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::new(ctx.h2));
+        let activity = Arc::new(ConnActivity::new(ctx.h2, self.proxy.stats.clone()));
         let io = ConnIo::new(
             io,
             activity.clone(),

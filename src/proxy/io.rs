@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{Position, RequestFraming};
+use crate::stats::Stats;
 
 /// Per-connection facts shared between the connection's I/O and its requests (which for
 /// HTTP/2 run on other tasks, hence atomics).
@@ -45,11 +46,14 @@ pub struct ConnActivity {
     upgraded: AtomicBool,
     /// The client speaks HTTP/2.
     h2: AtomicBool,
+    /// Where a request's completion is counted when its [`InFlight`] drops (held here, once
+    /// per connection, so that requests need no handle of their own).
+    stats: Arc<Stats>,
 }
 
 impl ConnActivity {
-    /// Activity of a connection accepted now.
-    pub fn new(h2: bool) -> Self {
+    /// Activity of a connection accepted now, counting completed requests in `stats`.
+    pub fn new(h2: bool, stats: Arc<Stats>) -> Self {
         ConnActivity {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -59,6 +63,7 @@ impl ConnActivity {
             conflict_at: AtomicU64::new(u64::MAX),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
+            stats,
         }
     }
 
@@ -74,7 +79,7 @@ impl ConnActivity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let index = self.requests.fetch_add(1, Ordering::Relaxed);
         let ambiguous = !self.is_h2() && !self.tracker_vouches_for(index);
-        InFlight { activity: self.clone(), ambiguous }
+        InFlight { activity: self.clone(), ambiguous, completes: true }
     }
 
     /// Whether the framing tracker has seen HTTP/1 request `index` whole, and neither it nor
@@ -103,11 +108,24 @@ pub struct InFlight {
     activity: Arc<ConnActivity>,
     /// The request's framing was ambiguous or could not be followed: it gets a 400.
     pub ambiguous: bool,
+    /// Counted as completed when it ends (false for a request refused for the drain).
+    completes: bool,
+}
+
+impl InFlight {
+    /// Leaves this request out of the completed ones: it was refused for the drain, which
+    /// the stats count apart.
+    pub fn refused_for_drain(&mut self) {
+        self.completes = false;
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.activity;
+        if self.completes {
+            a.stats.request_completed();
+        }
         a.last_done_ms.store(a.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::Release);
     }
@@ -384,7 +402,7 @@ mod tests {
 
     #[test]
     fn requests_get_the_verdict_of_their_own_head_and_unseen_heads_are_refused() {
-        let activity = Arc::new(ConnActivity::new(false));
+        let activity = Arc::new(ConnActivity::new(false, Arc::default()));
         activity.heads_seen.store(3, Ordering::Relaxed);
         activity.conflict_at.store(1, Ordering::Relaxed);
         let verdicts: Vec<bool> = (0..4).map(|_| activity.request_started().ambiguous).collect();
@@ -393,8 +411,19 @@ mod tests {
     }
 
     #[test]
+    fn requests_count_as_completed_when_they_end_unless_refused_for_the_drain() {
+        let stats = Arc::new(Stats::default());
+        let activity = Arc::new(ConnActivity::new(false, stats.clone()));
+        drop(activity.request_started());
+        let mut refused = activity.request_started();
+        refused.refused_for_drain();
+        drop(refused);
+        assert_eq!(stats.counts().requests_completed, 1);
+    }
+
+    #[test]
     fn http2_requests_are_not_judged_by_the_http1_tracker() {
-        let activity = Arc::new(ConnActivity::new(true));
+        let activity = Arc::new(ConnActivity::new(true, Arc::default()));
         assert!(!activity.request_started().ambiguous);
     }
 }

@@ -125,19 +125,17 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 /// Answers one request, by forwarding it or by lameduck itself.
 async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
     let request_guard = conn.drain.request_guard();
-    let in_flight = conn.activity.request_started();
+    let mut in_flight = conn.activity.request_started();
     let ambiguous = in_flight.ambiguous;
     let h1 = req.version() < Version::HTTP_2;
     let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
 
-    // Refused for the drain: not a completed request, the summary counts it apart.
-    let mut rejected = false;
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
     } else if req.method() == Method::CONNECT {
         Err(ProxyError::Connect)
     } else if conn.drain.phase() == Phase::Draining {
-        rejected = true;
+        in_flight.refused_for_drain();
         proxy.stats.request_rejected();
         Err(ProxyError::Draining)
     } else {
@@ -159,8 +157,7 @@ async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> R
     let record = record.map(|(method, uri, started)| {
         Box::new(AccessRecord { method, uri, status: resp.status(), upstream, client: conn.peer, started })
     });
-    let completes = (!rejected).then(|| proxy.stats.clone());
-    resp.body_mut().finish_with(request_guard, in_flight, completes, record);
+    resp.body_mut().finish_with(request_guard, in_flight, record);
     resp
 }
 

@@ -10,8 +10,12 @@ use super::*;
 #[tokio::test(start_paused = true)]
 async fn a_get_goes_out_byte_exact_through_partial_writes_and_a_head_split_mid_line_and_mid_crlf_is_parsed() {
     let wire = b"GET /search?q=duck HTTP/1.1\r\nhost: app.test\r\nx-request-id: 7\r\n\r\n";
-    let target = target();
-    let conn = Script::new()
+    let req = Request::get("/search?q=duck")
+        .header("host", "app.test")
+        .header("x-request-id", "7")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let (resp, target) = Script::new()
         .accepts(wire, &[1, after(wire, b"/sea"), after(wire, b"HTTP/1.1\r"), wire.len() - 1])
         .answers(&[
             b"HTTP/1.",
@@ -23,38 +27,31 @@ async fn a_get_goes_out_byte_exact_through_partial_writes_and_a_head_split_mid_l
             b"lo",
         ])
         .then_next_request()
-        .conn();
-    let req = Request::get("/search?q=duck")
-        .header("host", "app.test")
-        .header("x-request-id", "7")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
+        .answer_to(req)
+        .await;
 
-    let resp = answer(conn, req, &target).await;
     assert_eq!((resp.status(), resp.version()), (StatusCode::OK, Version::HTTP_11));
     assert_eq!(resp.headers()["content-length"], "5");
     assert_eq!(resp.headers()["x-upstream"], "a");
-    assert_eq!(read_whole(resp.into_body()).await, b"hello");
-    assert_pooled_and_reusable(&target).await;
+    assert_body_then_pooled(resp, b"hello", &target).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn interim_1xx_answers_are_skipped_and_the_final_answer_is_returned() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n", &[])
+    let (resp, target) = Script::new()
+        .accepts(GET_ROOT, &[])
         .answers(&[
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Ea",
             b"rly Hints\r\nLink: </style.css>; rel=preload\r\n\r",
             b"\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         ])
-        .conn();
+        .then_next_request()
+        .answer_to(get("/"))
+        .await;
 
-    let resp = answer(conn, get("/"), &target).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.headers().get("link").is_none(), "the 103's headers are not the answer's");
-    assert_eq!(read_whole(resp.into_body()).await, b"ok");
-    assert!(target.take_idle().is_some());
+    assert_body_then_pooled(resp, b"ok", &target).await;
 }
 
 fn upgrade_request() -> Request<Empty<Bytes>> {
@@ -69,22 +66,29 @@ fn upgrade_request() -> Request<Empty<Bytes>> {
 const UPGRADE_WIRE: &[u8] =
     b"GET /chat HTTP/1.1\r\nhost: app.test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
 
+/// What [`upgrade_request`], sent as an upgrade, gets from a new connection playing `script`,
+/// and the target whose pool the connection would go back to.
+async fn exchange_upgrade(script: &mut Script) -> (Exchanged<Empty<Bytes>>, Arc<Target>) {
+    let target = target();
+    let exchanged = within(exchange(script.conn(), upgrade_request(), target.clone(), true)).await;
+    (exchanged.expect("the upgrade exchange fails"), target)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_101_to_an_upgrade_request_switches_and_the_bytes_read_past_its_head_come_first() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(UPGRADE_WIRE, &[after(UPGRADE_WIRE, b"upgrade\r")])
-        .answers(&[
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r",
-            b"\nConnection: upgrade\r\n\r\n\x81\x02hi",
-            b"\x81\x04more",
-        ])
-        .accepts(b"\x88\x00", &[])
-        .conn();
+    let (exchanged, target) = exchange_upgrade(
+        Script::new()
+            .accepts(UPGRADE_WIRE, &[after(UPGRADE_WIRE, b"upgrade\r")])
+            .answers(&[
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r",
+                b"\nConnection: upgrade\r\n\r\n\x81\x02hi",
+                b"\x81\x04more",
+            ])
+            .accepts(b"\x88\x00", &[]),
+    )
+    .await;
 
-    let Ok(Exchanged::Switched(head, switched)) =
-        within(exchange(conn, upgrade_request(), target.clone(), true)).await
-    else {
+    let Exchanged::Switched(head, switched) = exchanged else {
         panic!("no switch");
     };
     assert_eq!(head.status(), StatusCode::SWITCHING_PROTOCOLS);
@@ -101,32 +105,28 @@ async fn a_101_to_an_upgrade_request_switches_and_the_bytes_read_past_its_head_c
 
 #[tokio::test(start_paused = true)]
 async fn a_101_to_a_request_that_asked_for_no_upgrade_is_an_error() {
-    let target = target();
     let conn = Script::new()
         .accepts(UPGRADE_WIRE, &[])
         .answers(&[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"])
         .conn();
-
-    let e = failure(conn, upgrade_request(), &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::InvalidData);
-    assert_not_pooled(&target);
+    let why = "a switch the request did not ask for";
+    assert_upstream_error_and_not_pooled(conn, upgrade_request(), io::ErrorKind::InvalidData, why).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_upgrade_refused_with_an_ordinary_answer_reads_like_one_and_its_connection_is_not_pooled() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(UPGRADE_WIRE, &[])
-        .answers(&[b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\n", b"denied"])
-        .conn();
+    let (exchanged, target) = exchange_upgrade(
+        Script::new()
+            .accepts(UPGRADE_WIRE, &[])
+            .answers(&[b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\n", b"denied"]),
+    )
+    .await;
 
-    let Ok(Exchanged::Answered(resp)) = within(exchange(conn, upgrade_request(), target.clone(), true)).await
-    else {
+    let Exchanged::Answered(resp) = exchanged else {
         panic!("no answer");
     };
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-    assert_eq!(read_whole(resp.into_body()).await, b"denied");
-    assert_not_pooled(&target);
+    assert_body_then_not_pooled(resp, b"denied", &target).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,27 +139,19 @@ async fn garbage_instead_of_a_response_head_is_an_error() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
     ];
     for garbage in garbage {
-        let target = target();
-        let conn = Script::new()
-            .accepts(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n", &[])
-            .answers(&[garbage])
-            .conn();
-        let e = failure(conn, get("/"), &target, false).await;
-        assert_eq!(upstream_kind(&e), io::ErrorKind::InvalidData, "{}", String::from_utf8_lossy(garbage));
-        assert_not_pooled(&target);
+        let conn = Script::new().accepts(GET_ROOT, &[]).answers(&[garbage]).conn();
+        let label = String::from_utf8_lossy(garbage);
+        assert_upstream_error_and_not_pooled(conn, get("/"), io::ErrorKind::InvalidData, &label).await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_response_head_past_the_size_limit_is_an_error() {
-    let target = target();
     let mut head = b"HTTP/1.1 200 OK\r\nX-Pad: ".to_vec();
     head.resize(70 * 1024, b'a');
-    let conn =
-        Script::new().accepts(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n", &[]).answers(&[&head]).conn();
-
-    let e = failure(conn, get("/"), &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::InvalidData);
+    let conn = Script::new().accepts(GET_ROOT, &[]).answers(&[&head]).conn();
+    let why = "a head of 70 KiB";
+    assert_upstream_error_and_not_pooled(conn, get("/"), io::ErrorKind::InvalidData, why).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -173,19 +165,19 @@ async fn a_get_on_a_reused_connection_closed_before_any_answer_comes_back_unsent
     };
     // The upstream closed it while it sat in the pool: the request goes out, then EOF; or the
     // write itself fails.
-    let closed = Script::new().accepts(wire, &[]).reused_conn();
-    let reset = Script::new().write_fails(io::ErrorKind::ConnectionReset).reused_conn();
-    for conn in [closed, reset] {
+    let closed = ("closed, then EOF", Script::new().accepts(wire, &[]).reused_conn());
+    let reset = ("reset on write", Script::new().write_fails(io::ErrorKind::ConnectionReset).reused_conn());
+    for (label, conn) in [closed, reset] {
         let target = target();
         match within(exchange(conn, request().unwrap(), target.clone(), false)).await {
             Ok(Exchanged::NotSent(back)) => {
-                assert_eq!((back.method(), back.uri().path()), (&Method::GET, "/again"));
-                assert_eq!(back.headers()["x-request-id"], "9");
+                assert_eq!((back.method(), back.uri().path()), (&Method::GET, "/again"), "{label}");
+                assert_eq!(back.headers()["x-request-id"], "9", "{label}");
             }
-            Ok(_) => panic!("an answer or a switch from a closed connection"),
-            Err(e) => panic!("not handed back: {e:?}"),
+            Ok(_) => panic!("{label}: an answer or a switch from a closed connection"),
+            Err(e) => panic!("{label}: not handed back: {e:?}"),
         }
-        assert_not_pooled(&target);
+        assert_not_pooled_in(&target, label);
     }
 }
 
@@ -209,17 +201,14 @@ async fn a_get_with_content_length_0_on_a_reused_connection_closed_before_any_an
 
 #[tokio::test(start_paused = true)]
 async fn a_post_on_a_reused_connection_closed_before_any_answer_is_an_error() {
-    let target = target();
     let conn = Script::new().accepts(b"POST /order HTTP/1.1\r\nhost: app.test\r\n\r\n", &[]).reused_conn();
     let post = Request::post("/order").header("host", "app.test").body(Empty::<Bytes>::new()).unwrap();
-
-    let e = failure(conn, post, &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::UnexpectedEof);
+    let why = "a POST is not resent";
+    assert_upstream_error_and_not_pooled(conn, post, io::ErrorKind::UnexpectedEof, why).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_put_whose_body_went_out_on_a_reused_connection_closed_before_any_answer_is_an_error() {
-    let target = target();
     let conn = Script::new()
         .accepts(b"PUT /doc HTTP/1.1\r\nhost: app.test\r\ncontent-length: 3\r\n\r\n", &[])
         .accepts(b"abc", &[])
@@ -229,28 +218,20 @@ async fn a_put_whose_body_went_out_on_a_reused_connection_closed_before_any_answ
         .header("content-length", "3")
         .body(Full::new(Bytes::from_static(b"abc")))
         .unwrap();
-
-    let e = failure(conn, put, &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::UnexpectedEof, "the body is gone: it cannot go again");
+    let why = "the body is gone: it cannot go again";
+    assert_upstream_error_and_not_pooled(conn, put, io::ErrorKind::UnexpectedEof, why).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_get_on_a_reused_connection_closed_after_part_of_an_answer_is_an_error() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n", &[])
-        .answers(&[b"HTTP/1.1 200"])
-        .reused_conn();
-
-    let e = failure(conn, get("/"), &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::UnexpectedEof, "the upstream saw the request: not resent");
+    let conn = Script::new().accepts(GET_ROOT, &[]).answers(&[b"HTTP/1.1 200"]).reused_conn();
+    let why = "the upstream saw the request: not resent";
+    assert_upstream_error_and_not_pooled(conn, get("/"), io::ErrorKind::UnexpectedEof, why).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_get_on_a_fresh_connection_closed_before_any_answer_is_an_error() {
-    let target = target();
-    let conn = Script::new().accepts(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n", &[]).conn();
-
-    let e = failure(conn, get("/"), &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::UnexpectedEof, "a new connection is no stale one to retry");
+    let conn = Script::new().accepts(GET_ROOT, &[]).conn();
+    let why = "a new connection is no stale one to retry";
+    assert_upstream_error_and_not_pooled(conn, get("/"), io::ErrorKind::UnexpectedEof, why).await;
 }

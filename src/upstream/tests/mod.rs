@@ -99,9 +99,11 @@ impl Script {
         self.accepts(NEXT_REQUEST, &[]).answers(&[b"HTTP/1.1 204 No Content\r\n\r\n"])
     }
 
-    /// A new connection playing the script; its reads end (EOF) where the script does.
+    /// A new connection playing the script; its reads end (EOF) where the script does. The
+    /// script moves into the connection, leaving this one empty: tokio-test hands out a scripted
+    /// write error only when nothing else holds it, so no copy may stay behind while it plays.
     fn conn(&mut self) -> Conn {
-        Conn::new(UpstreamIo::Scripted(self.0.build()))
+        Conn::new(UpstreamIo::Scripted(std::mem::replace(&mut self.0, Builder::new()).build()))
     }
 
     /// A connection playing the script that has carried a request before (from a pool).
@@ -110,10 +112,21 @@ impl Script {
         conn.reused = true;
         conn
     }
+
+    /// The response to `req` from a new connection playing the script (see [`answer`]), and the
+    /// target whose pool the connection goes back to.
+    async fn answer_to<B: RequestBody>(&mut self, req: Request<B>) -> (Response<UpstreamBody>, Arc<Target>) {
+        let target = target();
+        let resp = answer(self.conn(), req, &target).await;
+        (resp, target)
+    }
 }
 
 /// What [`Script::then_next_request`] expects written.
 const NEXT_REQUEST: &[u8] = b"GET /next HTTP/1.1\r\nhost: app.test\r\n\r\n";
+
+/// What `get("/")` puts on the wire.
+const GET_ROOT: &[u8] = b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n";
 
 /// `GET path` with a `Host` and no body.
 fn get(path: &str) -> Request<Empty<Bytes>> {
@@ -158,6 +171,20 @@ fn upstream_kind(e: &SendError) -> io::ErrorKind {
     }
 }
 
+/// The exchange of `req` on `conn` fails upstream with an error of `kind` (`why`: the reason it
+/// must be that one), and the connection does not go back to the pool.
+async fn assert_upstream_error_and_not_pooled<B: RequestBody>(
+    conn: Conn,
+    req: Request<B>,
+    kind: io::ErrorKind,
+    why: &str,
+) {
+    let target = target();
+    let e = failure(conn, req, &target, false).await;
+    assert_eq!(upstream_kind(&e), kind, "{why}");
+    assert_not_pooled_in(&target, why);
+}
+
 /// A response body read to its end: its bytes, and the error that ended it early, if one did.
 async fn read_body(mut body: UpstreamBody) -> (Vec<u8>, Option<io::Error>) {
     let mut bytes = Vec::new();
@@ -193,6 +220,24 @@ async fn assert_pooled_and_reusable(target: &Arc<Target>) {
 /// The pool of `target` is empty: the connection was closed.
 fn assert_not_pooled(target: &Target) {
     assert!(target.take_idle().is_none(), "the connection must not go back to the pool");
+}
+
+/// [`assert_not_pooled`], for the case `label` of a table-driven test.
+fn assert_not_pooled_in(target: &Target, label: &str) {
+    assert!(target.take_idle().is_none(), "{label}: the connection must not go back to the pool");
+}
+
+/// The body of `resp` reads whole as `expected`, and then the connection is pooled and reusable
+/// (the script ends with [`Script::then_next_request`]).
+async fn assert_body_then_pooled(resp: Response<UpstreamBody>, expected: &[u8], target: &Arc<Target>) {
+    assert_eq!(read_whole(resp.into_body()).await, expected, "the body read whole");
+    assert_pooled_and_reusable(target).await;
+}
+
+/// The body of `resp` reads whole as `expected`, but the connection is closed, not pooled.
+async fn assert_body_then_not_pooled(resp: Response<UpstreamBody>, expected: &[u8], target: &Target) {
+    assert_eq!(read_whole(resp.into_body()).await, expected, "the body read whole");
+    assert_not_pooled(target);
 }
 
 /// A request body given whole up front, as `frames`.

@@ -21,16 +21,14 @@ fn post<B>(length: Option<usize>, body: B) -> Request<B> {
 
 #[tokio::test(start_paused = true)]
 async fn an_upload_with_content_length_goes_out_as_it_comes_through_partial_writes() {
-    let target = target();
-    let conn = Script::new()
+    let body = frames(vec![data(b"hello"), data(b" world")]);
+    let (resp, target) = Script::new()
         .accepts(POST_LENGTH, &[after(POST_LENGTH, b"content-length: 1"), POST_LENGTH.len() - 3])
         .accepts(b"hello world", &[2, 7])
         .answers(&[b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"])
         .then_next_request()
-        .conn();
-    let body = frames(vec![data(b"hello"), data(b" world")]);
-
-    let resp = answer(conn, post(Some(11), body), &target).await;
+        .answer_to(post(Some(11), body))
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     drop(resp);
     assert_pooled_and_reusable(&target).await;
@@ -38,115 +36,129 @@ async fn an_upload_with_content_length_goes_out_as_it_comes_through_partial_writ
 
 #[tokio::test(start_paused = true)]
 async fn an_upload_of_unknown_length_goes_out_chunked_through_partial_writes() {
-    let target = target();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "1".parse().unwrap());
-    let conn = Script::new()
-        .accepts(POST_CHUNKED, &[after(POST_CHUNKED, b"chunked\r")])
-        // Sizes in lower-case hex; empty pieces send nothing (a 0 would end the body);
-        // trailers are not forwarded.
-        .accepts(b"5\r\nhello\r\n1a\r\n world, and a longer piece\r\n0\r\n\r\n", &[1, 4, 11, 12, 15, 45])
-        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
-        .then_next_request()
-        .conn();
     let body = frames(vec![
         data(b"hello"),
         data(b""),
         data(b" world, and a longer piece"),
         Ok(Frame::trailers(trailers)),
     ]);
-
-    let resp = answer(conn, post(None, body), &target).await;
-    assert_eq!(read_whole(resp.into_body()).await, b"ok");
-    assert_pooled_and_reusable(&target).await;
+    let (resp, target) = Script::new()
+        .accepts(POST_CHUNKED, &[after(POST_CHUNKED, b"chunked\r")])
+        // Sizes in lower-case hex; empty pieces send nothing (a 0 would end the body);
+        // trailers are not forwarded.
+        .accepts(b"5\r\nhello\r\n1a\r\n world, and a longer piece\r\n0\r\n\r\n", &[1, 4, 11, 12, 15, 45])
+        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        .then_next_request()
+        .answer_to(post(None, body))
+        .await;
+    assert_body_then_pooled(resp, b"ok", &target).await;
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_chunked_upload_answered_before_it_ends_is_finished_by_reading_the_body_and_then_pools() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(POST_CHUNKED, &[])
-        .accepts(b"5\r\nhello\r\n", &[])
-        .answers(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"])
-        // The script reads no further until the rest of the upload is in.
-        .accepts(b"6\r\n world\r\n0\r\n\r\n", &[4])
-        .answers(&[b"6\r\n world\r\n0\r\n\r\n"])
-        .then_next_request()
-        .conn();
-    let (tx, body) = channel();
-    tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+async fn an_upload_answered_before_it_ends_is_finished_by_reading_the_body_and_then_pools() {
+    // The upload is `hello world`, its ` world` sent only once the answer is in. The upstream
+    // answers once it has `hello`, then reads no further until it has the rest of the upload
+    // (a few bytes at a time), and only then sends the rest of its answer.
+    // A case: its label; the upload's Content-Length, if it has one; `hello` on the wire; the
+    // answer to it; the rest of the upload on the wire, and where the upstream cuts its write
+    // short; the rest of the answer, in reads; the body the answer reads as.
+    type Case = (
+        &'static str,
+        Option<usize>,
+        &'static [u8],
+        &'static [u8],
+        (&'static [u8], usize),
+        &'static [&'static [u8]],
+        &'static [u8],
+    );
+    let cases: [Case; 2] = [
+        (
+            "chunked",
+            None,
+            b"5\r\nhello\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            (b"6\r\n world\r\n0\r\n\r\n", 4),
+            &[b"6\r\n world\r\n0\r\n\r\n"],
+            b"hello world",
+        ),
+        (
+            "by length",
+            Some(11),
+            b"hello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n",
+            (b" world", 3),
+            &[b"ec", b"ho"],
+            b"echo",
+        ),
+    ];
+    for (label, length, hello_wire, early_answer, (rest_wire, rest_cut), rest_of_answer, expected) in cases {
+        let head = if length.is_some() { POST_LENGTH } else { POST_CHUNKED };
+        let (tx, body) = channel();
+        tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+        let (resp, target) = Script::new()
+            .accepts(head, &[])
+            .accepts(hello_wire, &[])
+            .answers(&[early_answer])
+            .accepts(rest_wire, &[rest_cut])
+            .answers(rest_of_answer)
+            .then_next_request()
+            .answer_to(post(length, body))
+            .await;
 
-    let resp = answer(conn, post(None, body), &target).await;
-    // The answer came while the client is still sending.
-    tx.send(Ok(Bytes::from_static(b" world"))).unwrap();
-    drop(tx);
-    assert_eq!(read_whole(resp.into_body()).await, b"hello world");
-    assert_pooled_and_reusable(&target).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_content_length_upload_answered_before_it_ends_is_finished_by_reading_the_body_and_then_pools() {
-    let target = target();
-    let conn = Script::new()
-        .accepts(POST_LENGTH, &[])
-        .accepts(b"hello", &[])
-        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"])
-        .accepts(b" world", &[3])
-        .answers(&[b"ec", b"ho"])
-        .then_next_request()
-        .conn();
-    let (tx, body) = channel();
-    tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
-
-    let resp = answer(conn, post(Some(11), body), &target).await;
-    tx.send(Ok(Bytes::from_static(b" world"))).unwrap();
-    drop(tx);
-    assert_eq!(read_whole(resp.into_body()).await, b"echo");
-    assert_pooled_and_reusable(&target).await;
+        // The answer came while the client is still sending.
+        tx.send(Ok(Bytes::from_static(b" world"))).unwrap();
+        drop(tx);
+        assert_eq!(read_whole(resp.into_body()).await, expected, "{label}: the body read whole");
+        assert_pooled_and_reusable(&target).await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_that_ends_before_the_upload_does_leaves_the_connection_out_of_the_pool() {
-    for answer_wire in [
-        &b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"[..],
-        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 5\r\n\r\nlarge",
+    for (label, answer_wire) in [
+        ("bodiless", &b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"[..]),
+        ("with a body", b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 5\r\n\r\nlarge"),
     ] {
-        let target = target();
-        let conn =
-            Script::new().accepts(POST_LENGTH, &[]).accepts(b"hello", &[]).answers(&[answer_wire]).conn();
         let (tx, body) = channel();
         tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
-
-        let resp = answer(conn, post(Some(11), body), &target).await;
-        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let (resp, target) = Script::new()
+            .accepts(POST_LENGTH, &[])
+            .accepts(b"hello", &[])
+            .answers(&[answer_wire])
+            .answer_to(post(Some(11), body))
+            .await;
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "{label}");
         read_whole(resp.into_body()).await;
-        assert_not_pooled(&target);
+        assert_not_pooled_in(&target, label);
         drop(tx);
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_upstream_that_stops_reading_mid_upload_still_gets_its_answer_through_but_not_pooled() {
-    let target = target();
-    let conn = Script::new()
+    let (resp, target) = Script::new()
         .accepts(POST_LENGTH, &[])
         .write_fails(io::ErrorKind::BrokenPipe)
         .answers(&[b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\n", b"nope"])
-        .conn();
-
-    let resp = answer(conn, post(Some(11), frames(vec![data(b"hello world")])), &target).await;
+        .answer_to(post(Some(11), frames(vec![data(b"hello world")])))
+        .await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(read_whole(resp.into_body()).await, b"nope");
-    assert_not_pooled(&target);
+    assert_body_then_not_pooled(resp, b"nope", &target).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_write_is_the_error_when_no_answer_follows() {
-    let target = target();
     let conn = Script::new().accepts(POST_LENGTH, &[]).write_fails(io::ErrorKind::ConnectionReset).conn();
-
-    let e = failure(conn, post(Some(11), frames(vec![data(b"hello world")])), &target, false).await;
-    assert_eq!(upstream_kind(&e), io::ErrorKind::ConnectionReset, "not the EOF read after it");
+    let req = post(Some(11), frames(vec![data(b"hello world")]));
+    assert_upstream_error_and_not_pooled(
+        conn,
+        req,
+        io::ErrorKind::ConnectionReset,
+        "not the EOF read after it",
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,16 +175,15 @@ async fn a_client_body_that_fails_before_the_answer_is_client_aborted_with_its_e
 
 #[tokio::test(start_paused = true)]
 async fn a_client_body_that_fails_after_the_answer_fails_the_response_body_and_is_not_pooled() {
-    let target = target();
-    let conn = Script::new()
+    let (tx, body) = channel();
+    tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+    let (resp, target) = Script::new()
         .accepts(POST_CHUNKED, &[])
         .accepts(b"3\r\nabc\r\n", &[])
         .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"])
-        .conn();
-    let (tx, body) = channel();
-    tx.send(Ok(Bytes::from_static(b"abc"))).unwrap();
+        .answer_to(post(None, body))
+        .await;
 
-    let resp = answer(conn, post(None, body), &target).await;
     tx.send(Err(io::Error::other("client went away"))).unwrap();
     let (bytes, error) = read_body(resp.into_body()).await;
     assert!(bytes.is_empty());
