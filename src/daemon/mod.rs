@@ -12,18 +12,23 @@
 //! The drain itself is [`shutdown`]'s, in named steps; what systemd is told is [`status`]'s.
 
 mod shutdown;
+mod signals;
 mod status;
+
+pub use shutdown::Outcome;
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
+
+use shutdown::{Running, Trigger};
+use signals::{next_drain_signal, Signals};
 
 use crate::config::{Config, DrainConfig};
 use crate::drain::Drain;
@@ -38,25 +43,6 @@ use crate::tls::TlsMaterial;
 use crate::upstream::Upstream;
 use crate::websocket::{CloseSettings, Tunnels};
 use crate::{admin, listener};
-
-/// How the daemon ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every connection closed before the deadline: exit status 0.
-    Drained,
-    /// The deadline or a second signal cut connections: exit status 2.
-    Cut,
-}
-
-impl Outcome {
-    /// The process exit status for this outcome.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Outcome::Drained => 0,
-            Outcome::Cut => 2,
-        }
-    }
-}
 
 /// Why the daemon could not start (exit status 1).
 #[derive(Debug)]
@@ -107,59 +93,6 @@ pub fn run(config: Config, inherited: Inherited) -> Result<Outcome, StartupError
     // Whatever is still open now is cut: do not wait for it.
     runtime.shutdown_background();
     outcome
-}
-
-/// The signals the daemon reacts to.
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    fn install() -> io::Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// Resolves at the next SIGTERM or SIGINT, with the signal's name.
-    async fn drain_signal(&mut self) -> &'static str {
-        next_drain_signal(&mut self.term, &mut self.int).await
-    }
-}
-
-/// SIGTERM or SIGINT, whichever comes first (a free function, so that `select!` can borrow
-/// the SIGHUP stream beside it).
-async fn next_drain_signal(term: &mut Signal, int: &mut Signal) -> &'static str {
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
-}
-
-/// What ended the serving phase.
-enum Trigger {
-    /// SIGTERM or SIGINT.
-    Signal(&'static str),
-    /// A successor (this pid) serves now.
-    HandedOver(u32),
-}
-
-/// The serving daemon: what the drain needs once serving ends.
-struct Running {
-    config: Config,
-    drain: Drain,
-    /// What happened, for the exit summary.
-    stats: Arc<Stats>,
-    /// Tells the accept loops to stop; they end by closing their listeners.
-    stop: watch::Sender<Stop>,
-    accept_loops: Vec<JoinHandle<()>>,
-    /// Listening fds (the admin listener's last), for a successor to inherit.
-    listener_fds: Vec<RawFd>,
-    notifier: Notifier,
 }
 
 async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, StartupError> {

@@ -12,18 +12,63 @@
 //! A second signal during step 2 or 5 ends the drain at once; the summary line is logged
 //! whatever the ending.
 
+use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{status, Outcome, Running, Signals, Trigger};
-use crate::config::DrainConfig;
+use super::signals::Signals;
+use super::status;
+use crate::config::{Config, DrainConfig};
 use crate::drain::{Drain, Phase};
 use crate::listener::Stop;
 use crate::stats::Stats;
 use crate::systemd::Notifier;
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every connection closed before the deadline: exit status 0.
+    Drained,
+    /// The deadline or a second signal cut connections: exit status 2.
+    Cut,
+}
+
+impl Outcome {
+    /// The process exit status for this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Drained => 0,
+            Outcome::Cut => 2,
+        }
+    }
+}
+
+/// What ended the serving phase.
+pub(super) enum Trigger {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A successor (this pid) serves now.
+    HandedOver(u32),
+}
+
+/// The serving daemon: what the drain needs once serving ends.
+pub(super) struct Running {
+    pub(super) config: Config,
+    pub(super) drain: Drain,
+    /// What happened, for the exit summary.
+    pub(super) stats: Arc<Stats>,
+    /// Tells the accept loops to stop; they end by closing their listeners.
+    pub(super) stop: watch::Sender<Stop>,
+    pub(super) accept_loops: Vec<JoinHandle<()>>,
+    /// Listening fds (the admin listener's last), for a successor to inherit.
+    pub(super) listener_fds: Vec<RawFd>,
+    pub(super) notifier: Notifier,
+}
 
 /// How this drain goes, decided by what started it.
 struct Plan {

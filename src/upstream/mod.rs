@@ -147,7 +147,11 @@ impl Upstream {
                 match exchange(conn, req, target.clone(), false).await? {
                     Exchanged::Answered(resp) => return Ok(resp),
                     Exchanged::NotSent(back) => req = back,
-                    Exchanged::Switched(..) => unreachable!("a 101 to a request without upgrade is an error"),
+                    // The head parser refuses a 101 nobody asked for; should one slip through,
+                    // the connection speaks something else now.
+                    Exchanged::Switched(..) => {
+                        return Err(SendError::Upstream(framing::invalid("unasked 101")))
+                    }
                 }
                 if fresh {
                     break;
@@ -165,7 +169,8 @@ impl Upstream {
             return match exchange(Conn::new(io), req, target.clone(), true).await? {
                 Exchanged::Switched(head, io) => Ok(UpgradeAnswer::Switched(head, io)),
                 Exchanged::Answered(resp) => Ok(UpgradeAnswer::Refused(resp)),
-                Exchanged::NotSent(_) => unreachable!("only a reused connection hands a request back"),
+                // Only a reused connection hands a request back; a new one closed unanswered.
+                Exchanged::NotSent(_) => Err(SendError::Upstream(io::ErrorKind::UnexpectedEof.into())),
             };
         }
         Err(SendError::Unavailable)

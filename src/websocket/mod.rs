@@ -7,14 +7,13 @@
 //! tunnel's sockets are closed. This room knows bytes, frames and the drain's phase; it knows
 //! nothing of HTTP requests or of the proxy's connection bookkeeping.
 
+mod close;
 pub mod frame;
 mod relay;
-mod spread;
 pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
@@ -22,23 +21,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-pub use spread::{CloseSpread, SpreadMember};
+pub use close::{CloseSettings, CloseSpread, SpreadMember};
 
 use crate::drain::{DrainWatch, TunnelGuard};
 use crate::stats::Stats;
-
-/// How the drain closes a WebSocket tunnel (`[drain]` close settings, built once).
-#[derive(Debug, Clone)]
-pub struct CloseSettings {
-    /// Close code sent to both sides (RFC 6455 §7.4; 1001 Going Away by default).
-    pub code: u16,
-    /// Close reason sent to both sides (at most 123 bytes, RFC 6455 §5.5).
-    pub reason: String,
-    /// How long to wait for each side's Close before cutting TCP.
-    pub timeout: Duration,
-    /// The window over which the tunnels' close frames are spread.
-    pub spread: Duration,
-}
 
 /// Starts tunnels; holds what every tunnel shares. Cheap to clone.
 #[derive(Debug, Clone)]

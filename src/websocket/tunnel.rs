@@ -27,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
+use super::close::{CloseSettings, CloseSpread};
 use super::frame::close_frame;
 use super::relay::{Event, Mode, Pipe};
-use super::{CloseSettings, CloseSpread};
 use crate::drain::DrainWatch;
 use crate::stats::Stats;
 

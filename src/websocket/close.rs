@@ -1,7 +1,9 @@
-//! `close_spread`: the drain's close frames spread over a window, so that clients told to
+//! How the drain closes tunnels: what a tunnel sends and how long it waits
+//! ([`CloseSettings`]), and when each tunnel starts ([`CloseSpread`]).
+//!
+//! `close_spread` spreads the drain's close frames over a window, so that clients told to
 //! reconnect do not all come back in the same instant (a reconnect storm on the next
 //! instance).
-//!
 //! The window is cut into one slot per WebSocket tunnel open when the first tunnel asks for
 //! its slot (the moment the drain reaches the tunnels); each tunnel takes the next slot in
 //! turn. Raw (non-WebSocket) tunnels close by no handshake and take no slot.
@@ -9,6 +11,19 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How the drain closes a WebSocket tunnel (`[drain]` close settings, built once).
+#[derive(Debug, Clone)]
+pub struct CloseSettings {
+    /// Close code sent to both sides (RFC 6455 §7.4; 1001 Going Away by default).
+    pub code: u16,
+    /// Close reason sent to both sides (at most 123 bytes, RFC 6455 §5.5).
+    pub reason: String,
+    /// How long to wait for each side's Close before cutting TCP.
+    pub timeout: Duration,
+    /// The window over which the tunnels' close frames are spread.
+    pub spread: Duration,
+}
 
 /// The close-spread schedule shared by every WebSocket tunnel.
 #[derive(Debug)]
