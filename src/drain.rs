@@ -193,7 +193,11 @@ impl DrainWatch {
     /// on B1 (1.6 %) than a plain `wait_for`.
     pub async fn reached(&mut self, phase: Phase) {
         let mut publications = self.state.clone();
-        let mut waiting = pin!(self.state.wait_for(|s| s.phase >= phase));
+        // Unconstrained: tokio's co-operative budget may refuse to poll `wait_for` at all
+        // (a busy tunnel spends the task's budget), and a refusal after `mark_unchanged` below
+        // would leave the publication unseen by both — a tunnel that never closes. Exempt,
+        // every poll of it is a real look at the value.
+        let mut waiting = pin!(tokio::task::unconstrained(self.state.wait_for(|s| s.phase >= phase)));
         let mut polled_with: Option<Waker> = None;
         poll_fn(|cx| {
             // An error means the owner is gone: poll, and the wait resolves.
@@ -338,6 +342,27 @@ mod tests {
         }
         drain.set_phase(Phase::Draining);
         tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("reached").unwrap();
+    }
+
+    /// A busy tunnel spends its task's co-operative budget before the drain future is polled;
+    /// the publication must still be seen (once lost, the tunnel never closed).
+    #[tokio::test]
+    async fn reached_sees_a_publication_polled_with_the_task_budget_spent() {
+        let drain = Drain::new();
+        let mut watch = drain.watch();
+        let mut waiting = pin!(watch.reached(Phase::Draining));
+        let first = poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx).is_pending())).await;
+        assert!(first, "not draining yet");
+        drain.set_phase(Phase::Draining);
+        let polled_like_a_busy_tunnel = poll_fn(|cx| {
+            loop {
+                if pin!(tokio::task::consume_budget()).poll(cx).is_pending() {
+                    break;
+                }
+            }
+            waiting.as_mut().poll(cx)
+        });
+        tokio::time::timeout(Duration::from_secs(1), polled_like_a_busy_tunnel).await.expect("reached");
     }
 
     #[tokio::test]

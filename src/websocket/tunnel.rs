@@ -145,18 +145,22 @@ where
         let frames_ok = self.websocket && self.up.follows_frames() && self.down.follows_frames();
         if !frames_ok || self.up.close_seen || self.down.close_seen {
             // Raw, not WebSocket after all, or already closing by itself: relay to the end.
+            debug!(frames_ok, "tunnel close: relaying to the end");
             return self.relay_until_closed().await;
         }
         let start = Instant::now() + spread.close_delay();
         if let Some(end) = self.relay_until(start).await {
             return end;
         }
+        debug!("tunnel close: waiting for a boundary of the client's stream");
         if let Err(end) = self.close_upstream().await {
             return end;
         }
+        debug!("tunnel close: close sent upstream; relaying until its answer");
         if let Err(end) = self.await_upstream_close().await {
             return end;
         }
+        debug!("tunnel close: upstream answered; closing the client");
         self.close_client().await
     }
 
