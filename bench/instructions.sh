@@ -38,21 +38,8 @@ for port in ${BACKEND##*:} $PORT; do
     fi
 done
 cargo build --quiet --release --locked --example bench_backend
-cat > "$WORK/lameduck.toml" <<TOML
-workers = 1
-
-[[listen]]
-addr = "127.0.0.1:$PORT"
-
-[upstream.backend]
-addrs = ["$BACKEND"]
-
-[[route]]
-upstream = "backend"
-
-[limits]
-max_connections = 9000
-TOML
+source "$ROOT/bench/config.sh"
+lameduck_config "127.0.0.1:$PORT" > "$WORK/lameduck.toml"
 ulimit -n "$(ulimit -Hn)"
 taskset -c 1 "$ROOT/target/release/examples/bench_backend" "$BACKEND" > "$WORK/backend.log" 2>&1 &
 PIDS+=($!)

@@ -156,28 +156,9 @@ TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 # ---- the proxies ----
 
-# lameduck_config ADDR: lameduck's config (the baseline's differs only in the listen address)
-lameduck_config() {
-    cat <<EOF
-workers = 1
-
-[[listen]]
-addr = "$1"
-
-[upstream.backend]
-addrs = ["$BACKEND"]
-
-[[route]]
-upstream = "backend"
-
-[drain]
-deadline = "10s"
-close_timeout = "5s"
-
-[limits]
-max_connections = 9000
-EOF
-}
+# lameduck_config ADDR (bench/config.sh): lameduck's config; the baseline's differs only in
+# the listen address
+source "$ROOT/bench/config.sh"
 
 write_configs() {
     lameduck_config 127.0.0.1:8081 > "$WORK/lameduck.toml"
