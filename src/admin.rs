@@ -61,8 +61,9 @@ fn answer(req: &Request<Incoming>, drain: &DrainWatch, metrics: &Metrics) -> Res
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        // After a handover the successor serves this address: still ready.
-        "/readyz" if drain.phase() == Phase::Serving || drain.has_successor() => {
+        // After a handover the successor serves this address: still ready, until a drain
+        // signal makes this process refuse new requests too.
+        "/readyz" if matches!(drain.phase(), Phase::Serving | Phase::HandedOver) => {
             text(StatusCode::OK, "ready\n")
         }
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),

@@ -11,7 +11,7 @@
 //! exit the instant the count reaches zero.
 //!
 //! Only what is *open* is counted here; what has happened (requests completed, tunnels
-//! closed) is [`crate::stats`]' business.
+//! closed) is the `stats` module's business.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;

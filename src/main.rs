@@ -35,9 +35,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.check {
-        return check(&cli.config);
-    }
     // Before any thread exists: take the sockets systemd or a predecessor handed over.
     let mut inherited = match Inherited::take() {
         Ok(inherited) => inherited,
@@ -46,6 +43,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cli.check {
+        return check(&cli.config);
+    }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
         Err(e) => {

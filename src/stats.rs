@@ -1,6 +1,6 @@
 //! What happened, counted: requests completed and refused, tunnels closed and cut.
 //!
-//! [`crate::drain`] counts what is *open* (connections, requests, tunnels) because the exit
+//! The `drain` module counts what is *open* (connections, requests, tunnels) because the exit
 //! decision depends on it; this store counts what has *happened*, for `/metrics` and the exit
 //! summary line. The proxy and the tunnels write to it, through one shared [`Stats`]; nothing
 //! branches on its values. Counters only grow, so a scraper can take rates of them.

@@ -3,7 +3,7 @@
 //! Every struct denies unknown fields, so a typo is an error rather than a silently ignored
 //! key. Values that a later semantic check must point at are wrapped in [`Spanned`] so the
 //! error can name their line and column. Nothing here is validated beyond its TOML type; that
-//! is [`super::validate`]'s job.
+//! is `validate.rs`'s job.
 
 use std::collections::BTreeMap;
 

@@ -16,7 +16,7 @@
 //!
 //! Its verdicts reach requests by position: the tracker sees every byte before hyper does, so
 //! when hyper hands the service its n-th request the tracker has completed at least n heads.
-//! [`super::io::ConnActivity`] checks that invariant for every request and refuses a request
+//! The connection's `ConnActivity` (in `io.rs`) checks that invariant for every request and refuses a request
 //! the tracker has not seen whole, so a tracker that lost step fails closed.
 
 use crate::http1::{hex_digit, parse_content_length};

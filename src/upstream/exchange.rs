@@ -98,7 +98,8 @@ impl<B: RequestBody> Exchange<B> {
     fn finish(self, target: Arc<Target>) -> Result<Exchanged<B>, SendError> {
         let head = self.head.expect("finished only once the head is in");
         if head.response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if !self.upload.finished() || self.upload.failed {
+            // Written whole is enough: the tunnel's writes flush what TLS still holds.
+            if !self.upload.sent() || self.upload.failed {
                 let why = "101 before the request was sent whole";
                 return Err(SendError::Upstream(self.write_error.unwrap_or_else(|| invalid(why))));
             }

@@ -1,7 +1,7 @@
 //! One address of an upstream group and its idle keep-alive connections.
 //!
 //! A connection enters the pool only from a response body read to its end on a connection
-//! that can carry another request (see [`super::body`]); it leaves it for the next request,
+//! that can carry another request (see `body.rs`); it leaves it for the next request,
 //! which first checks that the upstream has not closed it meanwhile.
 
 use std::sync::Mutex;

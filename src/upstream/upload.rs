@@ -35,6 +35,8 @@ pub struct Upload<B> {
     pub(super) touched: bool,
     /// Writing failed: nothing more is sent, and the connection is not reused.
     pub(super) failed: bool,
+    /// Everything written has been flushed too (TLS keeps records until then).
+    flushed: bool,
 }
 
 impl<B: RequestBody> Upload<B> {
@@ -44,7 +46,7 @@ impl<B: RequestBody> Upload<B> {
         // from the client, so the request can still be sent again.
         let done = framing == RequestBodyFraming::None
             || (framing == RequestBodyFraming::Length && body.is_end_stream());
-        Upload { body, framing, out: Outbox::new(head), done, touched: false, failed: false }
+        Upload { body, framing, out: Outbox::new(head), done, touched: false, failed: false, flushed: false }
     }
 
     /// Writes as much of the request as can go now; ready once all of it is written.
@@ -55,7 +57,9 @@ impl<B: RequestBody> Upload<B> {
             }
             if self.done {
                 // TLS keeps written records until flushed; plain TCP flushes at once.
-                return Pin::new(io).poll_flush(cx).map_err(SendError::Upstream);
+                std::task::ready!(Pin::new(io).poll_flush(cx)).map_err(SendError::Upstream)?;
+                self.flushed = true;
+                return Poll::Ready(Ok(()));
             }
             match self.poll_body(cx) {
                 Poll::Ready(taken) => taken.map_err(SendError::ClientAborted)?,
@@ -98,9 +102,15 @@ impl<B: RequestBody> Upload<B> {
         Poll::Ready(Ok(()))
     }
 
-    /// Nothing is left to send (all of it went, or writing failed).
+    /// Nothing is left to send: all of it went out and was flushed, or writing failed. A
+    /// flush that waits (a full socket under TLS) keeps the upload going until it is done.
     pub fn finished(&self) -> bool {
-        self.failed || (self.done && self.out.is_empty())
+        self.failed || (self.sent() && self.flushed)
+    }
+
+    /// The whole request has been written, though maybe not flushed yet.
+    pub fn sent(&self) -> bool {
+        self.done && self.out.is_empty()
     }
 }
 
