@@ -33,7 +33,7 @@ pub enum UpstreamIo {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Scripted reads and writes, for driving the client in unit tests.
     #[cfg(test)]
-    Scripted(tokio_test::io::Mock),
+    Scripted(super::tests::ScriptedIo),
 }
 
 impl UpstreamIo {

@@ -22,6 +22,7 @@ mod upload;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,8 +31,9 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, StreamBody};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
-use tokio_test::io::Builder;
+use tokio_test::io::{Builder, Mock};
 
 use super::conn::Conn;
 use super::connect::UpstreamIo;
@@ -54,6 +56,45 @@ async fn within<F: Future>(f: F) -> F::Output {
 /// An address to pool connections under; nothing connects to it.
 fn target() -> Arc<Target> {
     Arc::new(Target::new(UpstreamAddr::Ip(([127, 0, 0, 1], 9).into()), None))
+}
+
+/// A script's connection: the scripted bytes, and flushes that can be made to wait (the way
+/// TLS waits to push its records into a full socket), counted when they complete.
+#[derive(Debug)]
+pub struct ScriptedIo {
+    mock: Mock,
+    /// Flushes still to answer `Pending` (waking the task at once) before one goes through.
+    flushes_to_delay: usize,
+    /// Flushes that completed.
+    flushed: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for ScriptedIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().mock).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ScriptedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().mock).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.flushes_to_delay > 0 {
+            this.flushes_to_delay -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        std::task::ready!(Pin::new(&mut this.mock).poll_flush(cx))?;
+        this.flushed.fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().mock).poll_shutdown(cx)
+    }
 }
 
 /// The upstream's side of one connection, in order.
@@ -103,7 +144,14 @@ impl Script {
     /// script moves into the connection, leaving this one empty: tokio-test hands out a scripted
     /// write error only when nothing else holds it, so no copy may stay behind while it plays.
     fn conn(&mut self) -> Conn {
-        Conn::new(UpstreamIo::Scripted(std::mem::replace(&mut self.0, Builder::new()).build()))
+        self.conn_with_slow_flushes(0, Arc::default())
+    }
+
+    /// Like [`Script::conn`], but the first `delayed` flushes wait once each; `flushed` counts
+    /// the flushes that completed.
+    fn conn_with_slow_flushes(&mut self, delayed: usize, flushed: Arc<AtomicUsize>) -> Conn {
+        let mock = std::mem::replace(&mut self.0, Builder::new()).build();
+        Conn::new(UpstreamIo::Scripted(ScriptedIo { mock, flushes_to_delay: delayed, flushed }))
     }
 
     /// A connection playing the script that has carried a request before (from a pool).

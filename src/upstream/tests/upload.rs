@@ -190,3 +190,44 @@ async fn a_client_body_that_fails_after_the_answer_fails_the_response_body_and_i
     assert_eq!(error.expect("the body fails").to_string(), "client went away");
     assert_not_pooled(&target);
 }
+
+/// Under TLS a flush can wait (records not yet in a full socket) after every byte is written.
+/// The request is not done until that flush is: the response body goes on flushing it, and
+/// only then does the connection go back to its pool.
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_flush_waits_is_flushed_before_its_connection_is_pooled() {
+    let flushed = Arc::new(AtomicUsize::new(0));
+    let target = target();
+    let conn = Script::new()
+        .accepts(GET_ROOT, &[])
+        .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        .then_next_request()
+        .conn_with_slow_flushes(1, flushed.clone());
+    let resp = answer(conn, get("/"), &target).await;
+    assert_eq!(flushed.load(Ordering::Relaxed), 0, "the flush waited; the answer came first");
+    let body = within(resp.into_body().collect()).await.expect("the body").to_bytes();
+    assert_eq!(&body[..], b"ok");
+    assert_eq!(flushed.load(Ordering::Relaxed), 1, "reading the body finished the flush");
+    assert_pooled_and_reusable(&target).await;
+}
+
+/// What the client sent so far must not wait in TLS records while the upload waits for the
+/// client's next piece: an upstream that answers only once it has read that much would wait
+/// forever.
+#[tokio::test(start_paused = true)]
+async fn an_upload_waiting_for_the_client_flushes_what_it_wrote_first() {
+    let flushed = Arc::new(AtomicUsize::new(0));
+    let target = target();
+    let (tx, body) = channel();
+    tx.send(Ok(Bytes::from_static(b"hello"))).unwrap();
+    let conn = Script::new()
+        .accepts(POST_LENGTH, &[])
+        .accepts(b"hello", &[])
+        .answers(&[b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n"])
+        .conn_with_slow_flushes(0, flushed.clone());
+    let resp = answer(conn, post(Some(11), body), &target).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(flushed.load(Ordering::Relaxed), 1, "flushed before waiting for the client's next piece");
+    drop((resp, tx));
+    assert_not_pooled(&target);
+}
