@@ -133,13 +133,16 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> io::Result<Option<Respons
             facts.note(&name, &value)?;
             headers.append(name, value);
         }
-        if facts.transfer_encoding.is_some() && facts.content_length.is_some() {
-            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary
-            // removes the Content-Length before forwarding (the body is not that long).
+        // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an intermediary
+        // removes the Content-Length before forwarding (the body is not that long). A message
+        // with both may be a smuggling attempt: its connection is not used again.
+        let ambiguous = facts.has_transfer_encoding() && facts.content_length.is_some();
+        if ambiguous {
             headers.remove(header::CONTENT_LENGTH);
         }
-        let framing = if switching { BodyFraming::Done } else { facts.framing(status, asked.head_method) };
+        let framing = if switching { BodyFraming::Done } else { facts.framing(status, asked.head_method)? };
         let keep_alive = !switching
+            && !ambiguous
             && framing != BodyFraming::UntilClose
             && if http11 { !facts.close } else { facts.keep_alive };
         let mut response = Response::new(());
@@ -154,8 +157,10 @@ pub fn parse_head(buf: &mut BytesMut, asked: Asked) -> io::Result<Option<Respons
 #[derive(Debug, Default)]
 struct FramingHeaders {
     content_length: Option<u64>,
-    /// `Some(true)` if the last transfer coding is `chunked`.
-    transfer_encoding: Option<bool>,
+    /// Transfer codings named, over every `Transfer-Encoding` line (saturating).
+    transfer_codings: u8,
+    /// The last of them is `chunked`.
+    last_coding_chunked: bool,
     close: bool,
     keep_alive: bool,
 }
@@ -170,9 +175,14 @@ impl FramingHeaders {
             }
             self.content_length = Some(n);
         } else if *name == header::TRANSFER_ENCODING {
-            // Chunked only if it is the last coding applied.
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.transfer_encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // A list, like `Connection` (RFC 9110 §10.1.4); an empty value still names one.
+            self.transfer_codings = self.transfer_codings.saturating_add(1);
+            for (i, coding) in http1::connection_tokens(value.as_bytes()).enumerate() {
+                if i > 0 {
+                    self.transfer_codings = self.transfer_codings.saturating_add(1);
+                }
+                self.last_coding_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
         } else if *name == header::CONNECTION {
             for token in http1::connection_tokens(value.as_bytes()) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -182,17 +192,24 @@ impl FramingHeaders {
         Ok(())
     }
 
-    /// RFC 9112 §6.3, for a response.
-    fn framing(&self, status: StatusCode, head_method: bool) -> BodyFraming {
+    fn has_transfer_encoding(&self) -> bool {
+        self.transfer_codings > 0
+    }
+
+    /// RFC 9112 §6.3, for a response. A `Transfer-Encoding` other than exactly `chunked`
+    /// (`gzip`, `gzip, chunked`, `chunked, identity`, ...) is an error: lameduck decodes no
+    /// other coding, and must not pass still-encoded bytes off as the body.
+    fn framing(&self, status: StatusCode, head_method: bool) -> io::Result<BodyFraming> {
         if head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-            return BodyFraming::Length(0);
+            return Ok(BodyFraming::Length(0));
         }
-        match (self.transfer_encoding, self.content_length) {
-            (Some(true), _) => BodyFraming::chunked(),
-            (Some(false), _) => BodyFraming::UntilClose,
-            (None, Some(n)) => BodyFraming::Length(n),
-            (None, None) => BodyFraming::UntilClose,
+        if self.has_transfer_encoding() {
+            if self.transfer_codings == 1 && self.last_coding_chunked {
+                return Ok(BodyFraming::chunked());
+            }
+            return Err(invalid("a transfer coding other than chunked alone"));
         }
+        Ok(self.content_length.map_or(BodyFraming::UntilClose, BodyFraming::Length))
     }
 }
 

@@ -68,11 +68,7 @@ async fn a_chunked_body_split_at_every_awkward_point_is_read_whole_and_pools_the
 
 #[tokio::test(start_paused = true)]
 async fn a_body_read_until_close_ends_at_eof_and_does_not_pool_the_connection() {
-    for head in [
-        &b"HTTP/1.1 200 OK\r\n\r\n"[..],
-        b"HTTP/1.0 200 OK\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-    ] {
+    for head in [&b"HTTP/1.1 200 OK\r\n\r\n"[..], b"HTTP/1.0 200 OK\r\n\r\n"] {
         assert_whole_body_but_not_pooled(&String::from_utf8_lossy(head), &[head, b"a", b"bc"], b"abc").await;
     }
 }
@@ -93,13 +89,46 @@ async fn connection_close_keeps_a_whole_body_out_of_the_pool() {
 
 #[tokio::test(start_paused = true)]
 async fn transfer_encoding_overrides_content_length_whose_header_is_dropped() {
-    let (resp, _target) = Script::new()
+    let (resp, target) = Script::new()
         .accepts(GET_ROOT, &[])
         .answers(&[b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
         .answer_to(get("/"))
         .await;
     assert!(resp.headers().get("content-length").is_none(), "the proxy would forward 3 for a body of 5");
-    assert_eq!(read_whole(resp.into_body()).await, b"hello");
+    assert_body_then_not_pooled(resp, b"hello", &target).await;
+}
+
+/// RFC 9112 §6.1: lameduck decodes `chunked` and nothing else, so a response whose body is
+/// still in another coding (or chunked twice, or chunked then something) cannot be forwarded.
+#[tokio::test(start_paused = true)]
+async fn a_transfer_coding_other_than_chunked_alone_is_an_error_and_not_pooled() {
+    for te in [
+        &b"gzip"[..],
+        b"identity",
+        b"chunked, identity",
+        b"gzip, chunked",
+        b"chunked, chunked",
+        b"x-unknown",
+        b"",
+    ] {
+        let label = String::from_utf8_lossy(te).into_owned();
+        let mut head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ".to_vec();
+        head.extend_from_slice(te);
+        head.extend_from_slice(b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let head: &'static [u8] = Box::leak(head.into_boxed_slice());
+        let conn = Script::new().accepts(GET_ROOT, &[]).answers(&[head]).conn();
+        let target = target();
+        let e = failure(conn, get("/"), &target, false).await;
+        assert_eq!(upstream_kind(&e), io::ErrorKind::InvalidData, "{label:?}");
+        assert_not_pooled_in(&target, &label);
+    }
+    // Two lines of one coding each are two codings.
+    let conn = Script::new()
+        .accepts(GET_ROOT, &[])
+        .answers(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"])
+        .conn();
+    let e = failure(conn, get("/"), &target(), false).await;
+    assert_eq!(upstream_kind(&e), io::ErrorKind::InvalidData, "chunked twice, on two lines");
 }
 
 #[tokio::test(start_paused = true)]

@@ -253,3 +253,37 @@ async fn chunked_uploads_reach_the_upstream_chunked() {
     let head = upstream.heads().pop().unwrap().to_ascii_lowercase();
     assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{head}");
 }
+
+/// RFC 9112 §6.3: with `Transfer-Encoding`, `Content-Length` is ignored and never forwarded,
+/// and such a connection is not used again; a coding lameduck does not decode gets 502, never
+/// a body passed off as complete.
+#[tokio::test]
+async fn response_framing_follows_transfer_encoding_alone_and_refuses_other_codings() {
+    let upstream = Scripted::start(|_, _, head| match head.split(' ').nth(1).unwrap_or_default() {
+        "/both" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+              b\r\nhello world\r\n0\r\n\r\n",
+        ),
+        "/gzip" => Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nnot gzip at all"),
+        "/twice" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        _ => Reply::Send(OK_HELLO),
+    })
+    .await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let mut client = RawConn::connect(proxy.addr).await;
+
+    client.send(b"GET /both HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let both = client.read_response().await;
+    assert_eq!((both.status, both.body_text().as_str()), (200, "hello world"), "the chunked body, whole");
+    assert_ne!(both.header("content-length"), Some("5"), "the upstream's Content-Length is not forwarded");
+    client.send(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.read_response().await.body_text(), "hello");
+    assert_eq!(upstream.connections(), 2, "the connection that sent both headers was not used again");
+
+    for path in ["/gzip", "/twice"] {
+        let got = raw_get(proxy.addr, path).await;
+        assert_eq!(got.status, 502, "{path}: a coding lameduck cannot decode");
+    }
+}
