@@ -41,8 +41,18 @@ pub enum ChunkedState {
         /// Hex digits read.
         digits: u8,
     },
-    /// Skipping a chunk extension (or blanks) up to the line's end.
-    SizeLineEnd {
+    /// Blanks after the size: an extension or the line's end must follow.
+    AfterSize {
+        /// The chunk's size.
+        size: u64,
+    },
+    /// Inside a chunk extension (`;name=value`), up to the line's end.
+    Extension {
+        /// The chunk's size.
+        size: u64,
+    },
+    /// The CR of the size line was seen: only its LF may follow.
+    SizeLf {
         /// The chunk's size.
         size: u64,
     },
@@ -75,30 +85,44 @@ pub enum Decoded {
 const MAX_SIZE_DIGITS: u8 = 15;
 
 /// Decodes what it can of `buf`, taking out what it used. Errors are framing the decoder
-/// will not guess at: a bad or oversized chunk size, chunk data not followed by CRLF.
+/// will not guess at (RFC 9112 §7.1: `chunk-size [ chunk-ext ] CRLF`, the size `1*HEXDIG`):
+/// a size that is not hex digits only (`0x5`, `5 garbage`), one over 15 hex digits, a bare CR
+/// or LF inside an extension, chunk data not followed by CRLF. A line may end in a bare LF
+/// (RFC 9112 §2.2).
 pub fn decode_chunked(state: &mut ChunkedState, buf: &mut BytesMut) -> io::Result<Decoded> {
     while !buf.is_empty() {
         match *state {
             ChunkedState::Size { size, digits } => {
                 let b = buf[0];
-                match hex_digit(b) {
+                *state = match hex_digit(b) {
                     Some(d) if digits < MAX_SIZE_DIGITS => {
-                        *state = ChunkedState::Size { size: size * 16 + u64::from(d), digits: digits + 1 };
+                        ChunkedState::Size { size: size * 16 + u64::from(d), digits: digits + 1 }
                     }
                     Some(_) => return Err(invalid("chunk size too large")),
                     None if digits == 0 => return Err(invalid("bad chunk size")),
-                    None if b == b'\n' => *state = after_size_line(size),
-                    None => *state = ChunkedState::SizeLineEnd { size },
-                }
+                    None => after_size(size, b)?,
+                };
                 buf.advance(1);
             }
-            ChunkedState::SizeLineEnd { size } => match memchr::memchr(b'\n', buf) {
+            ChunkedState::AfterSize { size } => {
+                *state = after_size(size, buf[0])?;
+                buf.advance(1);
+            }
+            ChunkedState::Extension { size } => match memchr::memchr2(b'\r', b'\n', buf) {
                 Some(i) => {
+                    *state =
+                        if buf[i] == b'\r' { ChunkedState::SizeLf { size } } else { after_size_line(size) };
                     buf.advance(i + 1);
-                    *state = after_size_line(size);
                 }
                 None => buf.clear(),
             },
+            ChunkedState::SizeLf { size } => {
+                if buf[0] != b'\n' {
+                    return Err(invalid("bare CR in a chunk size line"));
+                }
+                *state = after_size_line(size);
+                buf.advance(1);
+            }
             ChunkedState::Data(left) => {
                 let take = left.min(buf.len() as u64) as usize;
                 let data = buf.split_to(take).freeze();
@@ -130,6 +154,17 @@ pub fn decode_chunked(state: &mut ChunkedState, buf: &mut BytesMut) -> io::Resul
         }
     }
     Ok(Decoded::NeedMore)
+}
+
+/// Where a size line goes after its digits, at byte `b`: blanks, an extension, or its end.
+fn after_size(size: u64, b: u8) -> io::Result<ChunkedState> {
+    match b {
+        b' ' | b'\t' => Ok(ChunkedState::AfterSize { size }),
+        b';' => Ok(ChunkedState::Extension { size }),
+        b'\r' => Ok(ChunkedState::SizeLf { size }),
+        b'\n' => Ok(after_size_line(size)),
+        _ => Err(invalid("bad chunk size")),
+    }
 }
 
 fn after_size_line(size: u64) -> ChunkedState {
@@ -180,7 +215,51 @@ mod tests {
         assert!(decode_all(&[b"ffffffffffffffffff\r\n"]).is_err());
     }
 
+    /// RFC 9112 §7.1: `chunk-size [ chunk-ext ] CRLF`, nothing else on the size line.
+    #[test]
+    fn size_lines_are_read_strictly() {
+        for bad in [
+            &b"0x5\r\nhello\r\n0\r\n\r\n"[..], // once read as a last chunk of size 0
+            b"5 garbage\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b\rc\r\nhello\r\n0\r\n\r\n", // bare CR inside an extension
+            b"5\rhello\r\n0\r\n\r\n",          // bare CR ending the line
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n", // past 64 bits
+        ] {
+            assert!(decode_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        for good in [
+            &b"5\r\nhello\r\n0\r\n\r\n"[..],
+            b"5 \t;name=\"a b\";x\r\nhello\r\n0;last\r\n\r\n",
+            b"5\nhello\n0\n\n", // bare LF line ends (RFC 9112 §2.2)
+            b"05\r\nhello\r\n00\r\n\r\n",
+        ] {
+            let decoded =
+                decode_all(&[good]).unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(good)));
+            assert_eq!(decoded, (b"hello".to_vec(), true), "{:?}", String::from_utf8_lossy(good));
+        }
+    }
+
     proptest! {
+        /// Whatever follows the size on its line, the decoder either refuses the chunk or
+        /// gives exactly the bytes the size declared.
+        #[test]
+        fn a_mutated_size_line_is_refused_or_read_to_its_declared_length(
+            data in proptest::collection::vec(any::<u8>(), 0..40),
+            // No LF: one would end the line early (allowed, RFC 9112 §2.2) and move the data.
+            suffix in proptest::collection::vec(
+                proptest::sample::select(b" \t;=\rxX0aF-\"".to_vec()), 0..6),
+        ) {
+            let mut wire = format!("{:x}", data.len()).into_bytes();
+            wire.extend_from_slice(&suffix);
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&data);
+            wire.extend_from_slice(b"\r\n0\r\n\r\n");
+            if let Ok((body, true)) = decode_all(&[&wire]) {
+                prop_assert_eq!(body, data);
+            }
+        }
+
         /// However the wire is split into reads, the decoder yields the same body.
         #[test]
         fn chunked_decoding_ignores_read_boundaries(

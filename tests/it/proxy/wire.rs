@@ -287,3 +287,34 @@ async fn response_framing_follows_transfer_encoding_alone_and_refuses_other_codi
         assert_eq!(got.status, 502, "{path}: a coding lameduck cannot decode");
     }
 }
+
+/// RFC 9112 §7.1: a chunk size is hex digits alone, then an optional extension and CRLF.
+/// Anything else aborts the client's response (it is never passed off as complete).
+#[tokio::test]
+async fn a_chunk_size_line_that_is_not_strictly_framed_aborts_the_response() {
+    let upstream = Scripted::start(|_, _, head| match head.split(' ').nth(1).unwrap_or_default() {
+        // Once read as a last chunk of size 0, the rest taken as trailers: an empty 200.
+        "/0x5" => {
+            Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n")
+        }
+        "/garbage" => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 garbage\r\nhello\r\n0\r\n\r\n",
+        ),
+        "/bare-cr" => {
+            Reply::Send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\rb\r\nhello\r\n0\r\n\r\n")
+        }
+        _ => Reply::Send(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ok=\"a b\"\r\nhello\r\n0\r\n\r\n",
+        ),
+    })
+    .await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    for path in ["/0x5", "/garbage", "/bare-cr"] {
+        let mut client = RawConn::connect(proxy.addr).await;
+        client.send(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+        let got = client.try_read_response(false, PROMPT).await;
+        assert!(got.is_err(), "{path}: the response must be aborted, not completed: {got:?}");
+    }
+    let good = raw_get(proxy.addr, "/extension").await;
+    assert_eq!((good.status, good.body_text().as_str()), (200, "hello"), "an extension is fine");
+}
