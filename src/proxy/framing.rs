@@ -397,6 +397,32 @@ mod tests {
     }
 
     proptest! {
+        /// Fuzz: any bytes, cut anywhere, leave the tracker where the whole does (nothing
+        /// panics; the verdict does not depend on how the client's writes were split).
+        #[test]
+        fn fuzz_request_tracker_reads_any_bytes_the_same_however_cut(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), proptest::sample::select(b"\r\n:; 0123456789aAfFcCtTpP".to_vec())],
+                0..600,
+            ),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let whole = feed_all(&[&bytes]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(bytes.len());
+            let mut cut = RequestFraming::new();
+            let mut last = 0;
+            for p in points {
+                cut.feed(&bytes[last..p]);
+                last = p;
+            }
+            prop_assert_eq!(
+                (cut.heads(), cut.position(), cut.conflict_at(), cut.is_h2()),
+                (whole.heads(), whole.position(), whole.conflict_at(), whole.is_h2())
+            );
+        }
+
         /// However a stream of requests is split into reads, the tracker sees the same heads.
         #[test]
         fn splitting_does_not_matter(

@@ -241,6 +241,41 @@ mod tests {
     }
 
     proptest! {
+        /// Fuzz: any bytes, cut anywhere, decode as the whole does; and a body accepted is
+        /// the same body when re-encoded as one chunk (nothing is ambiguous about it).
+        #[test]
+        fn fuzz_chunked_decoder_reads_any_bytes_the_same_however_cut(
+            bytes in proptest::collection::vec(
+                prop_oneof![any::<u8>(), proptest::sample::select(b"\r\n; \t=0123456789abcdefXZ".to_vec())],
+                0..400,
+            ),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let whole = decode_all(&[&bytes]);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(bytes.len());
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for p in points {
+                pieces.push(&bytes[last..p]);
+                last = p;
+            }
+            let cut = decode_all(&pieces);
+            match (&whole, &cut) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                _ => prop_assert!(false, "whole {:?} but cut {:?}", whole, cut),
+            }
+            if let Ok((body, true)) = whole {
+                let mut again = format!("{:x}\r\n", body.len()).into_bytes();
+                again.extend_from_slice(&body);
+                again.extend_from_slice(b"\r\n0\r\n\r\n");
+                let reencoded = if body.is_empty() { b"0\r\n\r\n".to_vec() } else { again };
+                prop_assert_eq!(decode_all(&[&reencoded]).unwrap(), (body, true));
+            }
+        }
+
         /// Whatever follows the size on its line, the decoder either refuses the chunk or
         /// gives exactly the bytes the size declared.
         #[test]

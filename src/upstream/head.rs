@@ -216,6 +216,7 @@ impl FramingHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const GET: Asked = Asked { head_method: false, upgrade: false };
 
@@ -263,5 +264,76 @@ mod tests {
         assert_eq!(head.response.status(), 101);
         assert_eq!((head.framing, head.keep_alive), (BodyFraming::Done, false));
         assert_eq!(&buf[..], b"\x81\x00", "the new protocol's first bytes stay in the buffer");
+    }
+
+    /// The head written back out the way lameduck forwards it: status line, then each header.
+    fn reserialised(head: &ResponseHead) -> BytesMut {
+        let mut out = format!("HTTP/1.1 {} X\r\n", head.response.status().as_u16()).into_bytes();
+        for (name, value) in head.response.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        BytesMut::from(&out[..])
+    }
+
+    /// A header line from the names and values that decide framing, or any bytes at all.
+    fn header_line() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop::sample::select(vec![
+            "Content-Length",
+            "Transfer-Encoding",
+            "Connection",
+            "X-A",
+            "content-length ",
+            "Transfer_Encoding",
+        ]);
+        let value = prop::sample::select(vec![
+            "5",
+            "05",
+            " 7 ",
+            "-1",
+            "18446744073709551616",
+            "chunked",
+            "gzip, chunked",
+            "chunked, identity",
+            "close",
+            "keep-alive",
+            "",
+            "a\tb",
+        ]);
+        prop_oneof![
+            (name, value).prop_map(|(n, v)| format!("{n}: {v}\r\n").into_bytes()),
+            prop::collection::vec(any::<u8>(), 0..24),
+        ]
+    }
+
+    proptest! {
+        /// Fuzz: any head — well-formed lines, odd ones, raw bytes — either is refused or parses
+        /// to a head that, written back out as lameduck forwards it, reads the same: same status,
+        /// same headers, same body framing. Nothing panics.
+        #[test]
+        fn fuzz_response_heads_parse_or_fail_and_reparse_the_same(
+            status in prop::sample::select(vec![&b"HTTP/1.1 200 OK"[..], b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No", b"HTTP/1.1 100 Go", b"HTTP/1.1 999 X", b"HTTX/1.1 200"]),
+            lines in prop::collection::vec(header_line(), 0..6),
+            head_method in any::<bool>(),
+        ) {
+            let mut wire = status.to_vec();
+            wire.extend_from_slice(b"\r\n");
+            for line in &lines {
+                wire.extend_from_slice(line);
+            }
+            wire.extend_from_slice(b"\r\n");
+            let asked = Asked { head_method, upgrade: false };
+            if let Ok(Some(head)) = parse_head(&mut BytesMut::from(&wire[..]), asked) {
+                let again = parse_head(&mut reserialised(&head), asked)
+                    .expect("a head lameduck forwards parses again")
+                    .expect("whole");
+                prop_assert_eq!(again.response.status(), head.response.status());
+                prop_assert_eq!(again.response.headers(), head.response.headers());
+                prop_assert_eq!(again.framing, head.framing);
+            }
+        }
     }
 }

@@ -348,6 +348,44 @@ mod tests {
     }
 
     proptest! {
+        /// Fuzz: any bytes, cut anywhere, give the same frame ends and the same verdict as
+        /// the whole (nothing panics, no byte is read twice or skipped).
+        #[test]
+        fn fuzz_frame_tracker_reads_any_bytes_the_same_however_cut(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut whole = FrameTracker::new();
+            let mut whole_ends = Vec::new();
+            let mut offset = 0;
+            while offset < bytes.len() {
+                let (used, end) = whole.advance(&bytes[offset..]);
+                prop_assert!(used > 0 && offset + used <= bytes.len());
+                offset += used;
+                if let Some(end) = end {
+                    whole_ends.push((offset, end));
+                }
+            }
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.push(bytes.len());
+            points.sort_unstable();
+            let mut cut = FrameTracker::new();
+            let mut cut_ends = Vec::new();
+            let mut offset = 0;
+            for p in points {
+                while offset < p {
+                    let (used, end) = cut.advance(&bytes[offset..p]);
+                    offset += used;
+                    if let Some(end) = end {
+                        cut_ends.push((offset, end));
+                    }
+                }
+            }
+            prop_assert_eq!(cut_ends, whole_ends);
+            prop_assert_eq!(cut.is_valid(), whole.is_valid());
+            prop_assert_eq!(cut.at_frame_boundary(), whole.at_frame_boundary());
+        }
+
         /// Random frame sequences split at random points give exactly the generated boundaries.
         #[test]
         fn boundaries_survive_any_split(
