@@ -133,6 +133,38 @@ where
         }
     }
 
+    /// During a drain, relays a tunnel that closes by itself (raw, not WebSocket after all, or
+    /// already closing) until it ends; but once a side has sent its FIN, or both Close frames
+    /// went by, the tunnel has `close_timeout` more and is then closed, not cut: its work is
+    /// done, only a peer that keeps its socket open holds it (RFC 6455 §7.1.1 wants the
+    /// server to close TCP after the close handshake).
+    async fn relay_while_winding_down(&mut self) -> End {
+        let mut give_up = None;
+        loop {
+            if give_up.is_none() && self.is_finishing() {
+                debug!("tunnel close: finishing; closing after close_timeout");
+                give_up = Some(Instant::now() + self.settings.timeout);
+            }
+            let bound = give_up.unwrap_or_else(|| Instant::now() + self.settings.timeout);
+            tokio::select! {
+                event = self.next_event() => match event {
+                    (_, Event::Failed(e)) => return io_failed(&e),
+                    (_, Event::Eof) if self.up.is_eof() && self.down.is_eof() => return End::Closed,
+                    _ => {}
+                },
+                _ = sleep_until(bound), if give_up.is_some() => {
+                    let handshake = self.up.close_seen && self.down.close_seen;
+                    return if handshake { End::Handshake } else { End::Closed };
+                }
+            }
+        }
+    }
+
+    /// A side has ended its stream, or both Close frames have gone by.
+    fn is_finishing(&self) -> bool {
+        self.up.is_eof() || self.down.is_eof() || (self.up.close_seen && self.down.close_seen)
+    }
+
     /// Relays until `at`; returns the end if the tunnel ended first.
     async fn relay_until(&mut self, at: Instant) -> Option<End> {
         tokio::select! {
@@ -146,7 +178,7 @@ where
         if !frames_ok || self.up.close_seen || self.down.close_seen {
             // Raw, not WebSocket after all, or already closing by itself: relay to the end.
             debug!(frames_ok, "tunnel close: relaying to the end");
-            return self.relay_until_closed().await;
+            return self.relay_while_winding_down().await;
         }
         let start = Instant::now() + spread.close_delay();
         if let Some(end) = self.relay_until(start).await {
@@ -187,7 +219,7 @@ where
         if self.down.close_seen {
             // The backend closed on its own meanwhile; let that handshake finish.
             self.up.mode = Mode::Forward;
-            return Err(self.relay_until_closed().await);
+            return Err(self.relay_while_winding_down().await);
         }
         let mask = fastrand::u32(..).to_ne_bytes();
         self.up.inject(close_frame(self.settings.code, &self.settings.reason, Some(mask)));

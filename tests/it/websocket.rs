@@ -429,3 +429,93 @@ async fn garbage_after_a_101_is_relayed_raw_and_breaks_nothing() {
     proxy.sigterm();
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
 }
+
+/// A client that reads everything and answers nothing, and never closes its socket.
+async fn keep_reading(mut stream: TcpStream) -> tokio::task::JoinHandle<TcpStream> {
+    tokio::spawn(async move {
+        let mut sink = [0u8; 1024];
+        while let Ok(Ok(n)) = timeout(secs(20), stream.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+        stream
+    })
+}
+
+/// A session that already ended (both Close frames exchanged, the backend's FIN relayed) but
+/// whose client keeps its socket open is not waited for until the deadline: it gets
+/// `close_timeout`, then is closed, counted as closed, not cut.
+#[tokio::test]
+async fn drain_closes_an_ended_websocket_session_after_close_timeout_not_at_the_deadline() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut stream, _) = raw_server_handshake(&listener, "").await;
+        let close = read_frame(&mut stream).await.expect("the client's close");
+        stream.write_all(&frame(0x88, &close.payload, None)).await.unwrap();
+        // The backend ends the session and closes TCP, as RFC 6455 §7.1.1 says it should.
+    });
+    let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"2s\"\n";
+    let mut proxy = Lameduck::start(&config(&[backend_addr], "", tail)).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    raw_client_handshake(&mut client, "").await;
+    client.write_all(&frame(0x88, &[0x03, 0xE8], Some([1, 2, 3, 4]))).await.unwrap();
+    let answer = timeout(PROMPT, read_frame(&mut client)).await.unwrap().expect("the backend's close");
+    assert_eq!(answer.close_code(), Some(1000));
+    timeout(PROMPT, backend).await.unwrap().unwrap();
+    let mut rest = [0u8; 1];
+    assert_eq!(timeout(PROMPT, client.read(&mut rest)).await.unwrap().unwrap(), 0, "the FIN is relayed");
+    // The client keeps its side open.
+
+    let signalled = Instant::now();
+    proxy.sigterm();
+    assert_eq!(proxy.exit_within(secs(6)).await, 0, "not cut at the 12 s deadline");
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_millis(1800), "close_timeout is given first: {took:?}");
+    let summary = proxy.summary().await;
+    assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
+    assert_eq!(field_f64(&summary, "tunnels.closed"), Some(1.0), "{summary}");
+    drop(client);
+}
+
+/// A raw (non-WebSocket) tunnel half-closed by the backend gets the same bound in a drain.
+#[tokio::test]
+async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_head(&mut stream).await;
+        let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n";
+        stream.write_all(resp.as_bytes()).await.unwrap();
+        stream.write_all(b"done").await.unwrap();
+        stream.shutdown().await.unwrap();
+        // Keeps reading, so only the client's silence holds the tunnel open.
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"1s\"\n";
+    let mut proxy = Lameduck::start(&config(&[backend_addr], "", tail)).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let reader = keep_reading(client).await;
+    proxy.wait_for_message("request").await;
+
+    let signalled = Instant::now();
+    proxy.sigterm();
+    assert_eq!(proxy.exit_within(secs(6)).await, 0, "not cut at the 12 s deadline");
+    assert!(signalled.elapsed() >= Duration::from_millis(800), "{:?}", signalled.elapsed());
+    let summary = proxy.summary().await;
+    assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
+    reader.abort();
+}
