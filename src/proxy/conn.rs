@@ -1,10 +1,14 @@
 //! Serving one downstream connection, and winding it down when the daemon drains.
 //!
-//! HTTP/2 connections get GOAWAY the moment draining starts; their open streams complete.
+//! HTTP/2 connections get GOAWAY the moment draining starts; their open streams complete, and
+//! one left idle by a client that no longer answers (the final GOAWAY waits for its PING
+//! acknowledgement) is closed after `idle_linger`.
 //! Idle HTTP/1.1 connections are not closed at that moment — a request may already be on the
 //! wire, and closing would reset it (hyper issue #3792) — but only after `idle_linger`; a
 //! request that arrives meanwhile is answered 503 with `Connection: close`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,10 +87,37 @@ impl ConnServer {
                 }
                 // Keep polling after graceful_shutdown: in-flight work finishes only if polled.
                 conn.as_mut().graceful_shutdown();
-                conn.await
+                if !activity.is_h2() {
+                    conn.await
+                } else {
+                    return self.finish_h2(conn, &activity).await;
+                }
             }
         };
         log_end(result);
+    }
+
+    /// Drives an HTTP/2 connection after its first GOAWAY. hyper sends the final GOAWAY only
+    /// once the client acknowledges a PING, so a client gone silent would hold the drain until
+    /// its deadline: once the connection has had no stream open for `idle_linger`, it is
+    /// closed (a closed idle connection, not a cut one).
+    async fn finish_h2<C>(&self, mut conn: Pin<Box<C>>, activity: &ConnActivity)
+    where
+        C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    {
+        // Not a busy loop while a stream runs, even with `idle_linger = "0s"`.
+        let pause = self.idle_linger.max(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => return log_end(result),
+                _ = tokio::time::sleep(pause) => {
+                    if !activity.has_requests_in_flight() {
+                        debug!("http/2 connection idle after GOAWAY; closing it");
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 

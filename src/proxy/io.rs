@@ -94,8 +94,13 @@ impl ConnActivity {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a request of this connection has a response that has not finished.
+    pub fn has_requests_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     fn idle_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.has_requests_in_flight() {
             return None;
         }
         Some(self.epoch + Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed)))

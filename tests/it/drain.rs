@@ -314,3 +314,38 @@ async fn admin_connection_does_not_hold_the_exit_back() {
     proxy.sigterm();
     assert_eq!(proxy.exit_within(secs(2)).await, 0);
 }
+
+/// An HTTP/2 client whose request completed, and that then reads and sends nothing and never
+/// closes (so it never acknowledges the PING of the two-step GOAWAY), does not hold the drain
+/// to its deadline: after `idle_linger` its idle connection is closed, which is not a cut.
+#[tokio::test]
+async fn drain_closes_an_idle_h2_connection_whose_client_went_silent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::named("ok").await;
+    let tail = "deadline = \"15s\"\nidle_linger = \"1s\"";
+    let mut proxy = Lameduck::start(&drain_config(backend.addr, tail)).await;
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    // Prior knowledge: the preface, an empty SETTINGS, then HEADERS for `GET /` on stream 1
+    // (HPACK: indexed :method GET, :path /, :scheme http; :authority "x"), ending the stream.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 6, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x84, 0x86, 0x41, 1, b'x']);
+    client.write_all(&hello).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(2).any(|w| w == b"ok") {
+        let n = timeout(PROMPT, client.read(&mut buf)).await.expect("the answer").unwrap();
+        assert!(n > 0, "the proxy closed the connection before answering");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    proxy.wait_for_message("request").await;
+    // From here on the client is silent: it reads nothing and answers no PING.
+
+    let signalled = Instant::now();
+    proxy.sigterm();
+    assert_eq!(proxy.exit_within(secs(6)).await, 0, "not held to the 15 s deadline");
+    assert!(signalled.elapsed() >= std::time::Duration::from_millis(800), "{:?}", signalled.elapsed());
+    let summary = proxy.summary().await;
+    assert_eq!(summary_f64(&summary, "connections.cut"), 0.0, "{summary}");
+    drop(client);
+}
