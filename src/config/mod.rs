@@ -126,6 +126,17 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// How the route's requests are rewritten for the upstream.
+    pub forwarding: Forwarding,
+}
+
+/// What the proxy needs of a route besides where it goes: how its requests are rewritten.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Keep request header names that contain `_`. Off by default: CGI-style backends (PHP,
+    /// WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as one variable, so a client
+    /// could spoof the headers lameduck sets.
+    pub underscores_in_headers: bool,
 }
 
 /// `[drain]`: what happens between the signal and the exit.

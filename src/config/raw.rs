@@ -72,6 +72,8 @@ pub struct RawRoute {
     pub host: Option<Spanned<String>>,
     pub path_prefix: Option<Spanned<String>>,
     pub upstream: Spanned<String>,
+    #[serde(default)]
+    pub underscores_in_headers: bool,
 }
 
 /// `[drain]`.

@@ -200,3 +200,30 @@ fn admin_may_not_share_a_listener_address() {
     let (line, _) = single_error_mentioning(&text, "also a [[listen]] address");
     assert_eq!(line, 26);
 }
+
+#[test]
+fn underscores_in_headers_is_off_by_default_and_set_per_route() {
+    let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
+    assert!(config.routes.iter().all(|r| !r.forwarding.underscores_in_headers));
+    let text = GOOD.replace(
+        "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
+        "path_prefix = \"/api/\"\nupstream = \"legacy\"\nunderscores_in_headers = true\n",
+    );
+    let config = Config::parse(Path::new("proxy.toml"), &text).expect("valid");
+    let kept: Vec<bool> = config.routes.iter().map(|r| r.forwarding.underscores_in_headers).collect();
+    assert_eq!(kept, [true, false]);
+}
+
+#[test]
+fn underscores_in_headers_of_the_wrong_type_is_an_error_with_a_location() {
+    let text = GOOD.replace(
+        "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
+        "path_prefix = \"/api/\"\nupstream = \"legacy\"\nunderscores_in_headers = \"yes\"\n",
+    );
+    let err = Config::parse(Path::new("proxy.toml"), &text).expect_err("a string is not a boolean");
+    let [diagnostic] = err.diagnostics() else { panic!("expected one error: {err}") };
+    assert!(diagnostic.message.contains("expected a boolean"), "{}", diagnostic.message);
+    let (line, col) = err.line_col(diagnostic).expect("a location");
+    assert_eq!((line, col), (15, 26), "{err}");
+    assert!(err.to_string().starts_with("proxy.toml:15:26: "), "{err}");
+}

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawRoute, RawTls, RawUpstream};
 use super::{
-    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Limits, ListenConfig,
-    RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Forwarding, Limits,
+    ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
@@ -274,6 +274,7 @@ impl Validator<'_> {
             host: route.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
             path_prefix: route.path_prefix.as_ref().map(|p| p.get_ref().clone()),
             upstream: upstream?,
+            forwarding: Forwarding { underscores_in_headers: route.underscores_in_headers },
         })
     }
 

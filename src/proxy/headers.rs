@@ -1,6 +1,7 @@
 //! Header rewriting between the client and the upstream: hop-by-hop headers stay on their
 //! hop, and the upstream learns who the client was through `X-Forwarded-*`. Also what the
-//! headers say about an upgrade (RFC 9110 §7.8).
+//! headers say about an upgrade (RFC 9110 §7.8). Request header names with `_` are dropped
+//! unless the route keeps them.
 
 use std::net::IpAddr;
 
@@ -17,12 +18,45 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade` unless `upgrade`
 /// (an upgrade request or a 101 keeps `Upgrade` and `Connection: upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names finds what is there; most messages carry none of these, and a
-    // removal costs a hash lookup each.
+    let present = scan(headers, false);
+    strip_hop_by_hop(headers, present, upgrade);
+}
+
+/// What a request loses on its way upstream: its hop-by-hop headers (as
+/// [`remove_hop_by_hop`]) and, unless `keep_underscores`, every header whose name contains `_`
+/// — CGI-style backends read `X_Forwarded_For` as `X-Forwarded-For`, so a client could spoof
+/// what lameduck sets (nginx drops them too). `dropped` is told each name dropped that way.
+///
+/// The names are looked at once for both; only a request that has such a name pays a second
+/// pass to find which.
+pub fn strip_request_headers(
+    headers: &mut HeaderMap,
+    upgrade: bool,
+    keep_underscores: bool,
+    dropped: impl FnMut(&HeaderName),
+) {
+    let present = scan(headers, !keep_underscores);
+    if present & UNDERSCORE_BIT != 0 {
+        remove_underscored(headers, dropped);
+    }
+    strip_hop_by_hop(headers, present, upgrade);
+}
+
+/// One pass over the names: which hop-by-hop headers are there (their bits) and, if
+/// `underscores`, whether any name has a `_` ([`UNDERSCORE_BIT`]). Most messages carry none
+/// of these, and a removal costs a hash lookup each.
+fn scan(headers: &HeaderMap, underscores: bool) -> u8 {
     let mut present = 0u8;
     for name in headers.keys() {
         present |= hop_by_hop_bit(name);
+        if underscores && name.as_str().as_bytes().contains(&b'_') {
+            present |= UNDERSCORE_BIT;
+        }
     }
+    present
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, present: u8, upgrade: bool) {
     if present & CONNECTION_BIT != 0 {
         let mut connection = headers.get_all(header::CONNECTION).iter();
         let first = connection.next().map(HeaderValue::as_bytes);
@@ -43,8 +77,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+fn remove_underscored(headers: &mut HeaderMap, mut dropped: impl FnMut(&HeaderName)) {
+    let names: Vec<HeaderName> =
+        headers.keys().filter(|name| name.as_str().as_bytes().contains(&b'_')).cloned().collect();
+    for name in names {
+        dropped(&name);
+        headers.remove(&name);
+    }
+}
+
 /// The hop-by-hop headers besides `Connection`; a header's index is its bit in the set
-/// [`remove_hop_by_hop`] collects.
+/// [`scan`] collects.
 static HOP_BY_HOP: [HeaderName; 6] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -55,6 +98,9 @@ static HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 const CONNECTION_BIT: u8 = 1 << 6;
+
+/// Set by [`scan`] when a header name contains `_`.
+const UNDERSCORE_BIT: u8 = 1 << 7;
 
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {
     if *name == header::CONNECTION {
@@ -195,6 +241,63 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    /// Strips `h` as a request (no upgrade), returning the names dropped for their `_`.
+    fn strip_request(h: &mut HeaderMap, keep_underscores: bool) -> Vec<String> {
+        let mut dropped = Vec::new();
+        strip_request_headers(h, false, keep_underscores, |name| dropped.push(name.to_string()));
+        dropped.sort();
+        dropped
+    }
+
+    #[test]
+    fn request_header_names_with_underscores_are_dropped() {
+        let mut h = map(&[
+            ("x_forwarded_for", "evil"),
+            ("x_custom", "1"),
+            ("x_custom", "2"),
+            ("_", "x"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-custom", "kept"),
+            ("connection", "keep-alive"),
+        ]);
+        assert_eq!(strip_request(&mut h, false), ["_", "x_custom", "x_forwarded_for"]);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-custom"], "kept");
+        // What lameduck adds afterwards is its own, and intact.
+        add_forwarded(&mut h, &client_ip_value("192.0.2.7".parse().unwrap()), false, None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+    }
+
+    #[test]
+    fn request_header_names_with_underscores_are_kept_when_the_route_says_so() {
+        let mut h = map(&[("x_forwarded_for", "evil"), ("x_custom", "1"), ("keep-alive", "timeout=5")]);
+        assert!(strip_request(&mut h, true).is_empty());
+        assert_eq!(h["x_forwarded_for"], "evil");
+        assert_eq!(h["x_custom"], "1");
+        assert!(!h.contains_key("keep-alive"), "hop-by-hop headers still go: {h:?}");
+    }
+
+    #[test]
+    fn upgrade_requests_lose_underscored_names_and_keep_upgrade() {
+        let mut h =
+            map(&[("connection", "Upgrade, x_hop"), ("upgrade", "websocket"), ("x_hop", "1"), ("x_a", "1")]);
+        let mut dropped = Vec::new();
+        strip_request_headers(&mut h, true, false, |name| dropped.push(name.clone()));
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn responses_keep_underscored_names() {
+        let mut h = map(&[("x_backend", "1"), ("keep-alive", "timeout=5")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x_backend"], "1");
     }
 
     #[test]

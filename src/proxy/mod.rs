@@ -33,7 +33,7 @@ pub use body::ResponseBody;
 pub use error::{ProxyError, Side};
 pub use io::ConnActivity;
 
-use crate::config::RouteConfig;
+use crate::config::{Forwarding, RouteConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::stats::Stats;
 use crate::upstream::{SendError, UpgradeAnswer, Upstream};
@@ -196,17 +196,17 @@ async fn forward(
     mut req: Request<Incoming>,
 ) -> Result<Forwarded, ProxyError> {
     let host = request_host(&req);
-    let index = proxy
+    let route = proxy
         .routes
         .find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    let upstream = &proxy.upstreams[index];
+    let upstream = &proxy.upstreams[route.upstream];
 
     if headers::wants_upgrade(&req) {
         // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
-        return Box::pin(forward_upgrade(proxy, conn, req, host, upstream)).await;
+        return Box::pin(forward_upgrade(proxy, conn, req, host, upstream, route.forwarding)).await;
     }
-    rewrite_request(&mut req, conn, host, false);
+    rewrite_request(&mut req, conn, host, false, route.forwarding);
     let mut resp = within_timeout(upstream, upstream.send(req)).await?;
     rewrite_response(&mut resp);
     Ok((resp.map(ResponseBody::upstream), upstream.name.clone()))
@@ -219,9 +219,10 @@ async fn forward_upgrade(
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
     upstream: &Upstream,
+    forwarding: &Forwarding,
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
-    rewrite_request(&mut req, conn, host, true);
+    rewrite_request(&mut req, conn, host, true, forwarding);
     let (mut resp, switched) = match within_timeout(upstream, upstream.send_upgrade(req)).await? {
         UpgradeAnswer::Switched(resp, switched) => (resp, switched),
         UpgradeAnswer::Refused(mut resp) => {
@@ -276,8 +277,15 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 }
 
 /// Turns a downstream request into what the upstream gets: origin-form target, HTTP/1.1,
-/// `Host` set, hop-by-hop headers removed, `X-Forwarded-*` added, `Expect` answered by us.
-fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<HeaderValue>, upgrade: bool) {
+/// `Host` set, hop-by-hop headers removed (and header names with `_`, unless the route keeps
+/// them), `X-Forwarded-*` added, `Expect` answered by us.
+fn rewrite_request(
+    req: &mut Request<Incoming>,
+    conn: &ConnCtx,
+    host: Option<HeaderValue>,
+    upgrade: bool,
+    forwarding: &Forwarding,
+) {
     // Absolute-form (or HTTP/2 `:authority`): the host moves into `Host`. Otherwise the host
     // came from `Host`, which stays as it is.
     let host_from_target = req.uri().scheme().is_some() || req.uri().authority().is_some();
@@ -289,7 +297,9 @@ fn rewrite_request(req: &mut Request<Incoming>, conn: &ConnCtx, host: Option<Hea
     let headers = req.headers_mut();
     // Room for the X-Forwarded-* headers: one growth instead of one per insert.
     headers.reserve(3);
-    headers::remove_hop_by_hop(headers, upgrade);
+    headers::strip_request_headers(headers, upgrade, forwarding.underscores_in_headers, |name| {
+        debug!(client.addr = %conn.peer, header.name = %name, "request header with \"_\" in its name dropped");
+    });
     // hyper already answered `100 Continue` downstream once we started reading the body.
     headers.remove(header::EXPECT);
     headers::add_forwarded(headers, &conn.client_ip, conn.tls, host.as_ref());

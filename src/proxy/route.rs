@@ -1,6 +1,7 @@
-//! Routing: the first `[[route]]` whose host and path prefix match picks the upstream.
+//! Routing: the first `[[route]]` whose host and path prefix match picks the upstream and how
+//! the request is rewritten for it.
 
-use crate::config::RouteConfig;
+use crate::config::{Forwarding, RouteConfig};
 
 /// The routing table, in config order.
 #[derive(Debug)]
@@ -14,8 +15,8 @@ impl Routes {
         Routes { routes }
     }
 
-    /// The upstream index for a request to `host` (any case, port allowed) and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<usize> {
+    /// The route for a request to `host` (any case, port allowed) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<Route<'_>> {
         let host = host.map(strip_port);
         self.routes
             .iter()
@@ -27,8 +28,17 @@ impl Routes {
                 };
                 host_ok && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
-            .map(|r| r.upstream)
+            .map(|r| Route { upstream: r.upstream, forwarding: &r.forwarding })
     }
+}
+
+/// What routing decided for one request: borrowed from the table, so nothing is copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    /// Index into the proxy's upstreams.
+    pub upstream: usize,
+    /// How the request is rewritten for that upstream.
+    pub forwarding: &'a Forwarding,
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -44,7 +54,16 @@ mod tests {
     use super::*;
 
     fn route(host: Option<&str>, prefix: Option<&str>, upstream: usize) -> RouteConfig {
-        RouteConfig { host: host.map(str::to_owned), path_prefix: prefix.map(str::to_owned), upstream }
+        RouteConfig {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.map(str::to_owned),
+            upstream,
+            forwarding: Forwarding::default(),
+        }
+    }
+
+    fn upstream(routes: &Routes, host: Option<&str>, path: &str) -> Option<usize> {
+        routes.find(host, path).map(|r| r.upstream)
     }
 
     #[test]
@@ -55,17 +74,30 @@ mod tests {
             route(None, Some("/static/"), 2),
             route(None, None, 3),
         ]);
-        assert_eq!(routes.find(Some("API.example.com:8443"), "/v2/x"), Some(0));
-        assert_eq!(routes.find(Some("api.example.com"), "/v1/x"), Some(1));
-        assert_eq!(routes.find(Some("other"), "/static/a.css"), Some(2));
-        assert_eq!(routes.find(None, "/"), Some(3));
+        assert_eq!(upstream(&routes, Some("API.example.com:8443"), "/v2/x"), Some(0));
+        assert_eq!(upstream(&routes, Some("api.example.com"), "/v1/x"), Some(1));
+        assert_eq!(upstream(&routes, Some("other"), "/static/a.css"), Some(2));
+        assert_eq!(upstream(&routes, None, "/"), Some(3));
+    }
+
+    #[test]
+    fn the_matched_route_brings_its_forwarding_settings() {
+        let keep = Forwarding { underscores_in_headers: true };
+        let routes = Routes::new(vec![
+            RouteConfig { forwarding: keep.clone(), ..route(None, Some("/legacy/"), 0) },
+            route(None, None, 0),
+        ]);
+        let legacy = routes.find(None, "/legacy/x").expect("routed");
+        assert_eq!(legacy.forwarding, &keep);
+        let other = routes.find(None, "/x").expect("routed");
+        assert!(!other.forwarding.underscores_in_headers);
     }
 
     #[test]
     fn no_match_is_none() {
         let routes = Routes::new(vec![route(Some("a.example"), None, 0)]);
-        assert_eq!(routes.find(Some("b.example"), "/"), None);
-        assert_eq!(routes.find(None, "/"), None);
+        assert_eq!(upstream(&routes, Some("b.example"), "/"), None);
+        assert_eq!(upstream(&routes, None, "/"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod check;
 mod failures;
+mod underscores;
 mod wire;
 
 use http::Response;
