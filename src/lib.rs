@@ -49,6 +49,8 @@
 pub mod admin;
 pub mod check;
 pub mod config;
+#[cfg(test)]
+mod cuts;
 pub mod daemon;
 pub mod drain;
 pub mod http1;

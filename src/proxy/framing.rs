@@ -401,22 +401,11 @@ mod tests {
         /// panics; the verdict does not depend on how the client's writes were split).
         #[test]
         fn fuzz_request_tracker_reads_any_bytes_the_same_however_cut(
-            bytes in proptest::collection::vec(
-                prop_oneof![any::<u8>(), proptest::sample::select(b"\r\n:; 0123456789aAfFcCtTpP".to_vec())],
-                0..600,
-            ),
-            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+            bytes in crate::cuts::bytes_leaning_on(b"\r\n:; 0123456789aAfFcCtTpP", 600),
+            cuts in crate::cuts::cut_points(12),
         ) {
             let whole = feed_all(&[&bytes]);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            points.push(bytes.len());
-            let mut cut = RequestFraming::new();
-            let mut last = 0;
-            for p in points {
-                cut.feed(&bytes[last..p]);
-                last = p;
-            }
+            let cut = feed_all(&crate::cuts::cut(&bytes, &cuts));
             prop_assert_eq!(
                 (cut.heads(), cut.position(), cut.conflict_at(), cut.is_h2()),
                 (whole.heads(), whole.position(), whole.conflict_at(), whole.is_h2())
@@ -444,15 +433,7 @@ mod tests {
                     stream.extend_from_slice(body);
                 }
             }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len())).collect();
-            points.sort_unstable();
-            let mut f = RequestFraming::new();
-            let mut last = 0;
-            for p in points {
-                f.feed(&stream[last..p]);
-                last = p;
-            }
-            f.feed(&stream[last..]);
+            let f = feed_all(&crate::cuts::cut(&stream, &cuts));
             prop_assert_eq!(f.heads() as usize, bodies.len());
             prop_assert_eq!(f.position(), Position::Idle);
             prop_assert_eq!(f.conflict_at(), None);

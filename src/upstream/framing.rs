@@ -245,23 +245,11 @@ mod tests {
         /// the same body when re-encoded as one chunk (nothing is ambiguous about it).
         #[test]
         fn fuzz_chunked_decoder_reads_any_bytes_the_same_however_cut(
-            bytes in proptest::collection::vec(
-                prop_oneof![any::<u8>(), proptest::sample::select(b"\r\n; \t=0123456789abcdefXZ".to_vec())],
-                0..400,
-            ),
-            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            bytes in crate::cuts::bytes_leaning_on(b"\r\n; \t=0123456789abcdefXZ", 400),
+            cuts in crate::cuts::cut_points(10),
         ) {
             let whole = decode_all(&[&bytes]);
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-            points.sort_unstable();
-            points.push(bytes.len());
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for p in points {
-                pieces.push(&bytes[last..p]);
-                last = p;
-            }
-            let cut = decode_all(&pieces);
+            let cut = decode_all(&crate::cuts::cut(&bytes, &cuts));
             match (&whole, &cut) {
                 (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}
@@ -308,16 +296,7 @@ mod tests {
                 wire.extend_from_slice(b"\r\n");
             }
             wire.extend_from_slice(b"0\r\n\r\n");
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len())).collect();
-            points.sort_unstable();
-            points.push(wire.len());
-            let mut pieces = Vec::new();
-            let mut last = 0;
-            for p in points {
-                pieces.push(&wire[last..p]);
-                last = p;
-            }
-            let (body, ended) = decode_all(&pieces).unwrap();
+            let (body, ended) = decode_all(&crate::cuts::cut(&wire, &cuts)).unwrap();
             prop_assert!(ended);
             prop_assert_eq!(body, parts.concat());
         }

@@ -241,6 +241,29 @@ mod tests {
         f
     }
 
+    /// Something seen at a stream offset.
+    type Located<T> = (usize, T);
+
+    /// Feeds `pieces` in turn, one `advance` at a time: each frame end with the stream offset
+    /// it came at, and after each piece, whether the tracker stood at a frame boundary.
+    fn follow(tracker: &mut FrameTracker, pieces: &[&[u8]]) -> (Vec<Located<FrameEnd>>, Vec<Located<bool>>) {
+        let (mut ends, mut boundaries, mut offset) = (Vec::new(), Vec::new(), 0);
+        for piece in pieces {
+            let mut at = 0;
+            while at < piece.len() {
+                let (used, end) = tracker.advance(&piece[at..]);
+                assert!(used > 0 && at + used <= piece.len(), "advance used {used} of {}", piece.len() - at);
+                at += used;
+                if let Some(end) = end {
+                    ends.push((offset + at, end));
+                }
+            }
+            offset += piece.len();
+            boundaries.push((offset, tracker.at_frame_boundary()));
+        }
+        (ends, boundaries)
+    }
+
     fn ends(tracker: &mut FrameTracker, bytes: &[u8]) -> Vec<FrameEnd> {
         let mut out = Vec::new();
         tracker.advance_all(bytes, |e| out.push(e));
@@ -356,31 +379,9 @@ mod tests {
             cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
         ) {
             let mut whole = FrameTracker::new();
-            let mut whole_ends = Vec::new();
-            let mut offset = 0;
-            while offset < bytes.len() {
-                let (used, end) = whole.advance(&bytes[offset..]);
-                prop_assert!(used > 0 && offset + used <= bytes.len());
-                offset += used;
-                if let Some(end) = end {
-                    whole_ends.push((offset, end));
-                }
-            }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-            points.push(bytes.len());
-            points.sort_unstable();
+            let (whole_ends, _) = follow(&mut whole, &[&bytes]);
             let mut cut = FrameTracker::new();
-            let mut cut_ends = Vec::new();
-            let mut offset = 0;
-            for p in points {
-                while offset < p {
-                    let (used, end) = cut.advance(&bytes[offset..p]);
-                    offset += used;
-                    if let Some(end) = end {
-                        cut_ends.push((offset, end));
-                    }
-                }
-            }
+            let (cut_ends, _) = follow(&mut cut, &crate::cuts::cut(&bytes, &cuts));
             prop_assert_eq!(cut_ends, whole_ends);
             prop_assert_eq!(cut.is_valid(), whole.is_valid());
             prop_assert_eq!(cut.at_frame_boundary(), whole.at_frame_boundary());
@@ -402,22 +403,10 @@ mod tests {
                 }
                 expected.push((stream.len(), FrameEnd { opcode, message_end: !open }));
             }
-            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
-            points.push(stream.len());
-            points.sort_unstable();
             let mut tracker = FrameTracker::new();
-            let mut seen = Vec::new();
-            let mut offset = 0;
-            for p in points {
-                while offset < p {
-                    let (used, end) = tracker.advance(&stream[offset..p]);
-                    offset += used;
-                    if let Some(end) = end {
-                        seen.push((offset, end));
-                    }
-                }
-                let at_boundary = expected.iter().any(|(pos, _)| *pos == offset) || offset == 0;
-                prop_assert_eq!(tracker.at_frame_boundary(), at_boundary);
+            let (seen, boundaries) = follow(&mut tracker, &crate::cuts::cut(&stream, &cuts));
+            for (offset, at_boundary) in boundaries {
+                prop_assert_eq!(at_boundary, expected.iter().any(|(pos, _)| *pos == offset), "at {}", offset);
             }
             prop_assert!(tracker.is_valid());
             prop_assert_eq!(seen, expected);

@@ -353,25 +353,27 @@ async fn drain_spreads_close_frames_over_close_spread() {
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
 }
 
-#[tokio::test]
-async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline() {
+/// A backend that switches its first connection to `myproto` and hands the stream to `then`.
+async fn myproto_backend<F, Fut>(then: F) -> std::net::SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         read_head(&mut stream).await;
         let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n";
         stream.write_all(resp.as_bytes()).await.unwrap();
-        let mut buf = [0u8; 1024];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => stream.write_all(&buf[..n]).await.unwrap(),
-            }
-        }
+        then(stream).await;
     });
-    let mut proxy = Lameduck::start(&config(&[backend_addr], "", "[drain]\ndeadline = \"1s\"\n")).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    addr
+}
+
+/// A client that asked to switch to `myproto` through the proxy at `addr` and got its `101`.
+async fn myproto_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n")
         .await
@@ -381,6 +383,23 @@ async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline
         head.starts_with("HTTP/1.1 101") && head.to_ascii_lowercase().contains("upgrade: myproto"),
         "{head}"
     );
+    client
+}
+
+#[tokio::test]
+async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline() {
+    let backend_addr = myproto_backend(|mut stream| async move {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => stream.write_all(&buf[..n]).await.unwrap(),
+            }
+        }
+    })
+    .await;
+    let mut proxy = Lameduck::start(&config(&[backend_addr], "", "[drain]\ndeadline = \"1s\"\n")).await;
+    let mut client = myproto_client(proxy.addr).await;
     let mut echo = [0u8; 4];
     client.write_all(b"ping").await.unwrap();
     client.read_exact(&mut echo).await.unwrap();
@@ -482,13 +501,7 @@ async fn drain_closes_an_ended_websocket_session_after_close_timeout_not_at_the_
 /// A raw (non-WebSocket) tunnel half-closed by the backend gets the same bound in a drain.
 #[tokio::test]
 async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        read_head(&mut stream).await;
-        let resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n";
-        stream.write_all(resp.as_bytes()).await.unwrap();
+    let backend_addr = myproto_backend(|mut stream| async move {
         stream.write_all(b"done").await.unwrap();
         stream.shutdown().await.unwrap();
         // Keeps reading, so only the client's silence holds the tunnel open.
@@ -498,17 +511,11 @@ async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
                 break;
             }
         }
-    });
+    })
+    .await;
     let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"1s\"\n";
     let mut proxy = Lameduck::start(&config(&[backend_addr], "", tail)).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    client
-        .write_all(b"GET /x HTTP/1.1\r\nHost: t\r\nUpgrade: myproto\r\nConnection: Upgrade\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut client).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let reader = keep_reading(client).await;
+    let reader = keep_reading(myproto_client(proxy.addr).await).await;
     proxy.wait_for_message("request").await;
 
     let signalled = Instant::now();

@@ -5,6 +5,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::*;
+use crate::cuts::cut;
 
 /// How the generated response delimits its body.
 #[derive(Debug, Clone, Copy)]
@@ -23,15 +24,6 @@ fn framing() -> impl Strategy<Value = Framing> {
         any::<bool>().prop_map(|extras| Framing::Chunked { extras }),
         Just(Framing::UntilClose)
     ]
-}
-
-/// `bytes` cut at `cuts` (in any order, duplicates and ends ignored) into non-empty pieces.
-fn cut<'a>(bytes: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
-    let mut points: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-    points.extend([0, bytes.len()]);
-    points.sort_unstable();
-    points.dedup();
-    points.windows(2).map(|w| &bytes[w[0]..w[1]]).collect()
 }
 
 /// The response's bytes on the wire, for `body` framed as `framing`.
