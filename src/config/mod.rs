@@ -131,12 +131,21 @@ pub struct RouteConfig {
 }
 
 /// What the proxy needs of a route besides where it goes: how its requests are rewritten.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
     /// Keep request header names that contain `_`. Off by default: CGI-style backends (PHP,
     /// WSGI, Rack) read `X_Forwarded_For` and `X-Forwarded-For` as one variable, so a client
     /// could spoof the headers lameduck sets.
     pub underscores_in_headers: bool,
+    /// Protocols a client may switch to with `Upgrade` (lowercase; a name without `/`
+    /// matches every version of it). Default `["websocket"]`; `h2c` never (RFC 9113 §3.1).
+    pub upgrades: Vec<String>,
+}
+
+impl Default for Forwarding {
+    fn default() -> Self {
+        Forwarding { underscores_in_headers: false, upgrades: vec!["websocket".to_owned()] }
+    }
 }
 
 /// `[drain]`: what happens between the signal and the exit.

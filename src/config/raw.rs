@@ -74,6 +74,7 @@ pub struct RawRoute {
     pub upstream: Spanned<String>,
     #[serde(default)]
     pub underscores_in_headers: bool,
+    pub upgrades: Option<Vec<Spanned<String>>>,
 }
 
 /// `[drain]`.

@@ -227,3 +227,26 @@ fn underscores_in_headers_of_the_wrong_type_is_an_error_with_a_location() {
     assert_eq!((line, col), (15, 26), "{err}");
     assert!(err.to_string().starts_with("proxy.toml:15:26: "), "{err}");
 }
+
+/// The upgrades a route allows: websocket by default, tokens lowercased; a bad token or h2c is
+/// an error at the entry.
+#[test]
+fn route_upgrades_default_to_websocket_and_are_checked() {
+    let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
+    assert!(config.routes.iter().all(|r| r.forwarding.upgrades == ["websocket"]));
+    let with = |list: &str| {
+        GOOD.replace(
+            "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
+            &format!("path_prefix = \"/api/\"\nupstream = \"legacy\"\nupgrades = {list}\n"),
+        )
+    };
+    let config =
+        Config::parse(Path::new("proxy.toml"), &with("[\"WebSocket\", \"x-custom/2\"]")).expect("valid");
+    assert_eq!(config.routes[0].forwarding.upgrades, ["websocket", "x-custom/2"]);
+    for (list, needle) in
+        [("[\"web socket\"]", "invalid upgrade protocol"), ("[\"H2C\"]", "h2c upgrade is obsolete")]
+    {
+        let (line, _) = single_error_mentioning(&with(list), needle);
+        assert_eq!(line, 15, "{list}: the entry's line");
+    }
+}

@@ -274,8 +274,33 @@ impl Validator<'_> {
             host: route.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()),
             path_prefix: route.path_prefix.as_ref().map(|p| p.get_ref().clone()),
             upstream: upstream?,
-            forwarding: Forwarding { underscores_in_headers: route.underscores_in_headers },
+            forwarding: Forwarding {
+                underscores_in_headers: route.underscores_in_headers,
+                upgrades: self.upgrades(route.upgrades.as_deref()),
+            },
         })
+    }
+
+    /// `[[route]] upgrades`: protocol tokens (RFC 9110 §7.8: `name[/version]`), lowercased.
+    fn upgrades(&mut self, raw: Option<&[Spanned<String>]>) -> Vec<String> {
+        let Some(raw) = raw else { return Forwarding::default().upgrades };
+        let mut protocols = Vec::new();
+        for protocol in raw {
+            let text = protocol.get_ref();
+            let (name, version) = text.split_once('/').map_or((text.as_str(), None), |(n, v)| (n, Some(v)));
+            if !is_token(name) || version.is_some_and(|v| !is_token(v)) {
+                let message = format!(
+                    "invalid upgrade protocol {text:?}: write a protocol token as the Upgrade header names it, like \"websocket\""
+                );
+                self.error(protocol, message);
+            } else if name.eq_ignore_ascii_case("h2c") {
+                let message = "\"h2c\" cannot be allowed: the h2c upgrade is obsolete (RFC 9113 §3.1) and would tunnel past the routes; remove it";
+                self.error(protocol, message);
+            } else {
+                protocols.push(text.to_ascii_lowercase());
+            }
+        }
+        protocols
     }
 
     fn drain(&mut self, raw: &RawDrain) -> DrainConfig {
@@ -386,4 +411,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
+}
+
+/// An RFC 9110 §5.6.2 token: one or more tchars.
+fn is_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

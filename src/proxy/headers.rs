@@ -15,7 +15,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes the hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
-/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, and `Upgrade` unless `upgrade`
+/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `HTTP2-Settings`, and `Upgrade` unless `upgrade`
 /// (an upgrade request or a 101 keeps `Upgrade` and `Connection: upgrade`).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let present = scan(headers, false);
@@ -45,8 +45,8 @@ pub fn strip_request_headers(
 /// One pass over the names: which hop-by-hop headers are there (their bits) and, if
 /// `underscores`, whether any name has a `_` ([`UNDERSCORE_BIT`]). Most messages carry none
 /// of these, and a removal costs a hash lookup each.
-fn scan(headers: &HeaderMap, underscores: bool) -> u8 {
-    let mut present = 0u8;
+fn scan(headers: &HeaderMap, underscores: bool) -> u16 {
+    let mut present = 0u16;
     for name in headers.keys() {
         present |= hop_by_hop_bit(name);
         if underscores && name.as_str().as_bytes().contains(&b'_') {
@@ -56,7 +56,7 @@ fn scan(headers: &HeaderMap, underscores: bool) -> u8 {
     present
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap, present: u8, upgrade: bool) {
+fn strip_hop_by_hop(headers: &mut HeaderMap, present: u16, upgrade: bool) {
     if present & CONNECTION_BIT != 0 {
         let mut connection = headers.get_all(header::CONNECTION).iter();
         let first = connection.next().map(HeaderValue::as_bytes);
@@ -88,21 +88,23 @@ fn remove_underscored(headers: &mut HeaderMap, mut dropped: impl FnMut(&HeaderNa
 
 /// The hop-by-hop headers besides `Connection`; a header's index is its bit in the set
 /// [`scan`] collects.
-static HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // RFC 9113 §3.1: only for the obsolete h2c upgrade, which never reaches a backend.
+    HeaderName::from_static("http2-settings"),
 ];
 
-const CONNECTION_BIT: u8 = 1 << 6;
+const CONNECTION_BIT: u16 = 1 << 7;
 
 /// Set by [`scan`] when a header name contains `_`.
-const UNDERSCORE_BIT: u8 = 1 << 7;
+const UNDERSCORE_BIT: u16 = 1 << 8;
 
-fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     if *name == header::CONNECTION {
         return CONNECTION_BIT;
     }
@@ -131,6 +133,39 @@ pub fn wants_upgrade<B>(req: &Request<B>) -> bool {
             req.headers().get_all(header::CONNECTION).iter().map(HeaderValue::as_bytes),
             "upgrade",
         )
+}
+
+/// The protocols of the request's `Upgrade` that `allowed` lets through, as the `Upgrade`
+/// value to send upstream; `None` when there is none (then the request goes upstream as an
+/// ordinary one, `Upgrade` removed as hop-by-hop). An allowed entry without `/` matches every
+/// version of its protocol; `h2c` is never let through (RFC 9113 §3.1).
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    let mut kept = Vec::new();
+    for protocol in
+        headers.get_all(header::UPGRADE).iter().flat_map(|v| http1::connection_tokens(v.as_bytes()))
+    {
+        let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
+        let lets_through = allowed.iter().any(|a| {
+            let a = a.as_bytes();
+            a.eq_ignore_ascii_case(protocol) || (!a.contains(&b'/') && a.eq_ignore_ascii_case(name))
+        });
+        if lets_through && !name.eq_ignore_ascii_case(b"h2c") {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b", ");
+            }
+            kept.extend_from_slice(protocol);
+        }
+    }
+    (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept).expect("tokens of a header value"))
+}
+
+/// Whether a `101`'s `Upgrade` names exactly one protocol, one the request asked for in
+/// `asked` (RFC 9110 §15.2.2: the server switches to a protocol the client listed).
+pub fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
+    let mut chosen =
+        response.get_all(header::UPGRADE).iter().flat_map(|v| http1::connection_tokens(v.as_bytes()));
+    let (Some(protocol), None) = (chosen.next(), chosen.next()) else { return false };
+    http1::connection_tokens(asked.as_bytes()).any(|a| a.eq_ignore_ascii_case(protocol))
 }
 
 /// True if a `101` response switched to WebSocket (RFC 6455 §4.2.2).
@@ -335,5 +370,50 @@ mod tests {
         add_forwarded(&mut h, &client_ip_value("::ffff:192.0.2.7".parse().unwrap()), true, None);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    fn allowed(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_allowed_upgrade_protocols_go_upstream_and_never_h2c() {
+        let websocket = allowed(&["websocket"]);
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [String], Option<&'a str>);
+        let cases: [Case; 6] = [
+            (&[("upgrade", "WebSocket")], &websocket, Some("WebSocket")),
+            (&[("upgrade", "h2c")], &websocket, None),
+            (&[("upgrade", "h2c, websocket")], &websocket, Some("websocket")),
+            (&[("upgrade", "x-custom/2")], &websocket, None),
+            (
+                &[("upgrade", "x-custom/2"), ("upgrade", "websocket")],
+                &allowed(&["websocket", "x-custom"]),
+                Some("x-custom/2, websocket"),
+            ),
+            (&[("upgrade", "h2c")], &allowed(&["h2c"]), None),
+        ];
+        for (request, allow, want) in cases {
+            let got = allowed_upgrade(&map(request), allow);
+            assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), want, "{request:?} with {allow:?}");
+        }
+        let exact = allowed(&["x-custom/1"]);
+        assert!(allowed_upgrade(&map(&[("upgrade", "x-custom/2")]), &exact).is_none(), "a version is exact");
+    }
+
+    #[test]
+    fn a_101_must_switch_to_one_protocol_that_was_asked_for() {
+        let asked = HeaderValue::from_static("websocket, x-custom");
+        assert!(switched_as_asked(&map(&[("upgrade", "WebSocket")]), &asked));
+        assert!(!switched_as_asked(&map(&[("upgrade", "h2c")]), &asked));
+        assert!(!switched_as_asked(&map(&[]), &asked), "a 101 naming nothing");
+        assert!(!switched_as_asked(&map(&[("upgrade", "websocket, x-custom")]), &asked), "two at once");
+    }
+
+    #[test]
+    fn http2_settings_never_goes_upstream() {
+        let mut h = map(&[("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__"), ("accept", "*/*")]);
+        remove_hop_by_hop(&mut h, true);
+        assert!(!h.contains_key("http2-settings"), "{h:?}");
+        assert_eq!(h["accept"], "*/*");
     }
 }

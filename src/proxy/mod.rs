@@ -203,8 +203,13 @@ async fn forward(
     let upstream = &proxy.upstreams[route.upstream];
 
     if headers::wants_upgrade(&req) {
-        // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
-        return Box::pin(forward_upgrade(proxy, conn, req, host, upstream, route.forwarding)).await;
+        // Only the protocols the route allows; with none left, an ordinary request.
+        if let Some(asked) = headers::allowed_upgrade(req.headers(), &route.forwarding.upgrades) {
+            req.headers_mut().insert(header::UPGRADE, asked.clone());
+            // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
+            return Box::pin(forward_upgrade(proxy, conn, req, host, upstream, route.forwarding, asked))
+                .await;
+        }
     }
     rewrite_request(&mut req, conn, host, false, route.forwarding);
     let mut resp = within_timeout(upstream, upstream.send(req)).await?;
@@ -220,6 +225,7 @@ async fn forward_upgrade(
     host: Option<HeaderValue>,
     upstream: &Upstream,
     forwarding: &Forwarding,
+    asked: HeaderValue,
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true, forwarding);
@@ -230,6 +236,15 @@ async fn forward_upgrade(
             return Ok((resp.map(ResponseBody::upstream), upstream.name.clone()));
         }
     };
+    if !headers::switched_as_asked(resp.headers(), &asked) {
+        // The upstream connection goes with `switched`: closed, never tunnelled.
+        let why = format!(
+            "101 switched to {:?}, not to what was asked: {asked:?}",
+            resp.headers().get(header::UPGRADE)
+        );
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidData, why).into();
+        return Err(ProxyError::Failed { upstream: upstream.name.clone(), source });
+    }
     headers::remove_hop_by_hop(resp.headers_mut(), true);
     // Before the 101 goes out: whatever the client sends after it is tunnel bytes.
     conn.activity.mark_upgraded();

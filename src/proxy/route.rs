@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn the_matched_route_brings_its_forwarding_settings() {
-        let keep = Forwarding { underscores_in_headers: true };
+        let keep = Forwarding { underscores_in_headers: true, ..Forwarding::default() };
         let routes = Routes::new(vec![
             RouteConfig { forwarding: keep.clone(), ..route(None, Some("/legacy/"), 0) },
             route(None, None, 0),

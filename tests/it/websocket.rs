@@ -371,6 +371,15 @@ where
     addr
 }
 
+/// [`config`] whose route lets `myproto` through besides WebSocket (`[[route]] upgrades`).
+fn myproto_config(backend: std::net::SocketAddr, tail: &str) -> String {
+    let route = "[[route]]\nupstream = \"app\"\n";
+    let allowing = "[[route]]\nupstream = \"app\"\nupgrades = [\"websocket\", \"myproto\"]\n";
+    let text = config(&[backend], "", tail);
+    assert!(text.contains(route), "the harness config changed: {text}");
+    text.replace(route, allowing)
+}
+
 /// A client that asked to switch to `myproto` through the proxy at `addr` and got its `101`.
 async fn myproto_client(addr: std::net::SocketAddr) -> TcpStream {
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -398,7 +407,7 @@ async fn raw_upgrade_tunnel_is_relayed_through_the_drain_and_cut_at_the_deadline
         }
     })
     .await;
-    let mut proxy = Lameduck::start(&config(&[backend_addr], "", "[drain]\ndeadline = \"1s\"\n")).await;
+    let mut proxy = Lameduck::start(&myproto_config(backend_addr, "[drain]\ndeadline = \"1s\"\n")).await;
     let mut client = myproto_client(proxy.addr).await;
     let mut echo = [0u8; 4];
     client.write_all(b"ping").await.unwrap();
@@ -514,7 +523,7 @@ async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
     })
     .await;
     let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"1s\"\n";
-    let mut proxy = Lameduck::start(&config(&[backend_addr], "", tail)).await;
+    let mut proxy = Lameduck::start(&myproto_config(backend_addr, tail)).await;
     let reader = keep_reading(myproto_client(proxy.addr).await).await;
     proxy.wait_for_message("request").await;
 

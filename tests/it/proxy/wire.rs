@@ -318,3 +318,78 @@ async fn a_chunk_size_line_that_is_not_strictly_framed_aborts_the_response() {
     let good = raw_get(proxy.addr, "/extension").await;
     assert_eq!((good.status, good.body_text().as_str()), (200, "hello"), "an extension is fine");
 }
+
+/// Answers an upgrade request with `101` to the protocol it names (echoing `Upgrade`), or
+/// `forced` when set; any other request with `hello`.
+fn upgrade_script(
+    forced: Option<&'static str>,
+) -> impl Fn(usize, usize, &str) -> Reply + Send + Sync + 'static {
+    move |_, _, head| {
+        let asked =
+            head.lines().find_map(|l| l.strip_prefix("upgrade: ").or_else(|| l.strip_prefix("Upgrade: ")));
+        match asked {
+            None => Reply::Send(OK_HELLO),
+            Some(asked) => {
+                let protocol = forced.unwrap_or(asked);
+                let reply = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {protocol}\r\nConnection: Upgrade\r\n\r\n"
+                );
+                Reply::Send(Box::leak(reply.into_boxed_str()).as_bytes())
+            }
+        }
+    }
+}
+
+/// RFC 9113 §3.1: the h2c upgrade is obsolete. `Upgrade: h2c` and `HTTP2-Settings` never reach
+/// a backend, so a client cannot turn a routed request into a raw tunnel to it: the request
+/// goes upstream as an ordinary one.
+#[tokio::test]
+async fn h2c_upgrades_never_reach_the_backend() {
+    let upstream = Scripted::start(upgrade_script(None)).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    let got = raw_request(
+        proxy.addr,
+        b"GET /public/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert_eq!((got.status, got.body_text().as_str()), (200, "hello"), "an ordinary answer, no 101");
+    let head = upstream.heads().pop().expect("the request reached the backend").to_ascii_lowercase();
+    assert!(!head.contains("upgrade") && !head.contains("http2-settings"), "{head}");
+}
+
+/// Only `websocket` is let through by default; `[[route]] upgrades` allows more, per route;
+/// a `101` to a protocol the client did not ask for gets 502.
+#[tokio::test]
+async fn upgrades_go_through_only_where_a_route_allows_them_and_as_asked() {
+    let upstream = Scripted::start(upgrade_script(None)).await;
+    let custom = format!(
+        "[[listen]]\naddr = \"127.0.0.1:0\"\n\n[upstream.app]\naddrs = [\"{}\"]\n\n\
+         [[route]]\npath_prefix = \"/custom/\"\nupstream = \"app\"\nupgrades = [\"websocket\", \"x-custom\"]\n\n\
+         [[route]]\nupstream = \"app\"\n",
+        upstream.addr
+    );
+    let proxy = Lameduck::start(&custom).await;
+    let ask = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: x-custom/2\r\n\r\n")
+            .into_bytes()
+    };
+    let plain = raw_request(proxy.addr, &ask("/other")).await;
+    assert_eq!(plain.status, 200, "x-custom is not allowed on the catch-all route");
+    let head = upstream.heads().pop().unwrap().to_ascii_lowercase();
+    assert!(!head.contains("upgrade"), "sent as an ordinary request: {head}");
+
+    let mut client = RawConn::connect(proxy.addr).await;
+    client.send(&ask("/custom/x")).await;
+    let switched = client.read_head().await;
+    assert_eq!((switched.status, switched.header("upgrade")), (101, Some("x-custom/2")));
+
+    let forced = Scripted::start(upgrade_script(Some("x-other"))).await;
+    let proxy = Lameduck::start(&config_for(forced.addr)).await;
+    let got = raw_request(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status, 502, "a 101 to x-other when websocket was asked for");
+}
