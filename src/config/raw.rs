@@ -75,6 +75,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub underscores_in_headers: bool,
     pub upgrades: Option<Vec<Spanned<String>>>,
+    pub websocket_origins: Option<Vec<Spanned<String>>>,
 }
 
 /// `[drain]`.

@@ -250,3 +250,30 @@ fn route_upgrades_default_to_websocket_and_are_checked() {
         assert_eq!(line, 15, "{list}: the entry's line");
     }
 }
+
+/// `websocket_origins`: absent means no check; each entry must be a bare origin.
+#[test]
+fn websocket_origins_are_checked_as_origins() {
+    let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
+    assert!(config.routes.iter().all(|r| r.forwarding.websocket_origins.is_none()));
+    let with = |list: &str| {
+        GOOD.replace(
+            "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
+            &format!("path_prefix = \"/api/\"\nupstream = \"legacy\"\nwebsocket_origins = {list}\n"),
+        )
+    };
+    let good = with("[\"https://App.example.com\", \"http://localhost:3000\"]");
+    let config = Config::parse(Path::new("proxy.toml"), &good).expect("valid");
+    let origins = config.routes[0].forwarding.websocket_origins.clone().expect("set");
+    assert_eq!(origins, ["https://app.example.com", "http://localhost:3000"]);
+    for bad in [
+        "app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com/path",
+        "https://",
+        "https://u@h",
+    ] {
+        let (line, _) = single_error_mentioning(&with(&format!("[\"{bad}\"]")), "invalid WebSocket origin");
+        assert_eq!(line, 15, "{bad}");
+    }
+}

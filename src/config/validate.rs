@@ -277,8 +277,34 @@ impl Validator<'_> {
             forwarding: Forwarding {
                 underscores_in_headers: route.underscores_in_headers,
                 upgrades: self.upgrades(route.upgrades.as_deref()),
+                websocket_origins: route.websocket_origins.as_deref().map(|o| self.origins(o)),
             },
         })
+    }
+
+    /// `[[route]] websocket_origins`: each a serialised origin (RFC 6454 §6.1,
+    /// `scheme://host[:port]`, nothing after), lowercased for comparison.
+    fn origins(&mut self, raw: &[Spanned<String>]) -> Vec<String> {
+        let mut origins = Vec::new();
+        for origin in raw {
+            let text = origin.get_ref();
+            let parsed = text.parse::<http::Uri>().ok().filter(|uri| {
+                uri.scheme().is_some()
+                    && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+                    // `http` reads no path as "/"; the text itself must end at the host or port.
+                    && uri.path_and_query().is_none_or(|p| p.as_str() == "/")
+                    && !text.ends_with('/')
+            });
+            if parsed.is_some() {
+                origins.push(text.to_ascii_lowercase());
+            } else {
+                let message = format!(
+                    "invalid WebSocket origin {text:?}: write scheme, host and optional port, nothing after, like \"https://app.example.com\""
+                );
+                self.error(origin, message);
+            }
+        }
+        origins
     }
 
     /// `[[route]] upgrades`: protocol tokens (RFC 9110 §7.8: `name[/version]`), lowercased.

@@ -31,6 +31,8 @@ pub enum ProxyError {
     AmbiguousFraming,
     /// A `CONNECT` request: lameduck is a reverse proxy, never a tunnel to anywhere.
     Connect,
+    /// A WebSocket upgrade from an `Origin` its route does not list (`websocket_origins`).
+    OriginRefused,
     /// The client's request body failed while it was being forwarded (the client went away).
     ClientAborted {
         /// What the request body failed with.
@@ -63,6 +65,7 @@ impl ProxyError {
             ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::OriginRefused => StatusCode::FORBIDDEN,
             ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unavailable { .. } | ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -75,6 +78,7 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::AmbiguousFraming
             | ProxyError::Connect
+            | ProxyError::OriginRefused
             | ProxyError::ClientAborted { .. } => Side::Downstream,
             ProxyError::Draining => Side::Internal,
             ProxyError::Unavailable { .. } | ProxyError::Timeout { .. } | ProxyError::Failed { .. } => {
@@ -92,6 +96,9 @@ impl ProxyError {
                 "bad request: ambiguous or unreadable Content-Length / Transfer-Encoding\n".to_owned()
             }
             ProxyError::Connect => "CONNECT is not supported: this is a reverse proxy\n".to_owned(),
+            ProxyError::OriginRefused => {
+                "WebSocket connections from this origin are not allowed\n".to_owned()
+            }
             ProxyError::ClientAborted { .. } => "request body incomplete\n".to_owned(),
             ProxyError::Unavailable { upstream } | ProxyError::Failed { upstream, .. } => {
                 format!("upstream \"{upstream}\" is unavailable\n")
@@ -130,6 +137,9 @@ impl fmt::Display for ProxyError {
                 "request framing is ambiguous (content-length with transfer-encoding) or unreadable",
             ),
             ProxyError::Connect => f.write_str("connect requests are not forwarded"),
+            ProxyError::OriginRefused => {
+                f.write_str("websocket upgrade from an origin the route does not list")
+            }
             ProxyError::ClientAborted { .. } => f.write_str("client request body failed"),
             ProxyError::Unavailable { upstream } => {
                 write!(f, "upstream \"{upstream}\": no address reachable")

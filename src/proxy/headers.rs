@@ -168,6 +168,20 @@ pub fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
     http1::connection_tokens(asked.as_bytes()).any(|a| a.eq_ignore_ascii_case(protocol))
 }
 
+/// Whether a WebSocket upgrade may go on for its `Origin` (RFC 6455 §10.2): always when the
+/// route lists no origins; else only when the request's `Origin` is one of `listed`
+/// (lowercase), compared without case. Upgrades to other protocols are not judged here.
+pub fn origin_allowed(headers: &HeaderMap, asked: &HeaderValue, listed: Option<&[String]>) -> bool {
+    let Some(listed) = listed else { return true };
+    let websocket = http1::connection_tokens(asked.as_bytes()).any(|p| p.eq_ignore_ascii_case(b"websocket"));
+    if !websocket {
+        return true;
+    }
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let (Some(origin), None) = (origins.next(), origins.next()) else { return false };
+    listed.iter().any(|l| l.as_bytes().eq_ignore_ascii_case(origin.as_bytes().trim_ascii()))
+}
+
 /// True if a `101` response switched to WebSocket (RFC 6455 §4.2.2).
 pub fn is_websocket(headers: &HeaderMap) -> bool {
     headers.get(header::UPGRADE).is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
@@ -415,5 +429,18 @@ mod tests {
         remove_hop_by_hop(&mut h, true);
         assert!(!h.contains_key("http2-settings"), "{h:?}");
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn websocket_upgrades_need_a_listed_origin_when_the_route_lists_some() {
+        let listed = allowed(&["https://app.example.com"]);
+        let ws = HeaderValue::from_static("websocket");
+        let from = |origin: Option<&str>| map(&origin.map(|o| vec![("origin", o)]).unwrap_or_default());
+        assert!(origin_allowed(&from(Some("https://APP.example.com")), &ws, Some(&listed)));
+        assert!(!origin_allowed(&from(Some("https://evil.example")), &ws, Some(&listed)));
+        assert!(!origin_allowed(&from(None), &ws, Some(&listed)), "no Origin at all");
+        assert!(origin_allowed(&from(Some("https://evil.example")), &ws, None), "no list, no check");
+        let other = HeaderValue::from_static("x-custom");
+        assert!(origin_allowed(&from(None), &other, Some(&listed)), "only WebSocket upgrades are judged");
     }
 }

@@ -205,6 +205,10 @@ async fn forward(
     if headers::wants_upgrade(&req) {
         // Only the protocols the route allows; with none left, an ordinary request.
         if let Some(asked) = headers::allowed_upgrade(req.headers(), &route.forwarding.upgrades) {
+            let origins = route.forwarding.websocket_origins.as_deref();
+            if !headers::origin_allowed(req.headers(), &asked, origins) {
+                return Err(ProxyError::OriginRefused);
+            }
             req.headers_mut().insert(header::UPGRADE, asked.clone());
             // Boxed: rare, and its future (a connection of its own) would enlarge every request's.
             return Box::pin(forward_upgrade(proxy, conn, req, host, upstream, route.forwarding, asked))

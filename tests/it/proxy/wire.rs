@@ -393,3 +393,31 @@ async fn upgrades_go_through_only_where_a_route_allows_them_and_as_asked() {
     .await;
     assert_eq!(got.status, 502, "a 101 to x-other when websocket was asked for");
 }
+
+/// `[[route]] websocket_origins`: a WebSocket upgrade from an unlisted `Origin` (or none) gets
+/// 403 and never reaches the backend; a listed one goes through.
+#[tokio::test]
+async fn websocket_upgrades_from_unlisted_origins_get_403_before_the_backend() {
+    let upstream = Scripted::start(upgrade_script(None)).await;
+    let listed = format!(
+        "[[listen]]\naddr = \"127.0.0.1:0\"\n\n[upstream.app]\naddrs = [\"{}\"]\n\n\
+         [[route]]\nupstream = \"app\"\nwebsocket_origins = [\"https://app.example.com\"]\n",
+        upstream.addr
+    );
+    let proxy = Lameduck::start(&listed).await;
+    let upgrade = |origin: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: a\r\n{origin}\r\n"
+        )
+        .into_bytes()
+    };
+    for origin in ["Origin: https://evil.example\r\n", ""] {
+        let got = raw_request(proxy.addr, &upgrade(origin)).await;
+        assert_eq!(got.status, 403, "{origin:?}");
+    }
+    assert!(upstream.heads().is_empty(), "nothing reached the backend: {:?}", upstream.heads());
+    let mut client = RawConn::connect(proxy.addr).await;
+    client.send(&upgrade("Origin: https://App.example.com\r\n")).await;
+    assert_eq!(client.read_head().await.status, 101, "a listed origin, in any case");
+}
