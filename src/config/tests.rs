@@ -277,3 +277,22 @@ fn websocket_origins_are_checked_as_origins() {
         assert_eq!(line, 15, "{bad}");
     }
 }
+
+/// With `close_spread`, grace + close_spread + 2 × close_timeout must end before the deadline,
+/// or the last tunnels would be cut instead of closed; without it, the rule does not apply.
+#[test]
+fn a_close_spread_that_cannot_fit_the_deadline_is_an_error_at_it() {
+    let drain = |lines: &str| GOOD.replace("deadline = \"30s\"\ngrace = \"2s\"\n", lines);
+    let tight = drain("deadline = \"3s\"\nclose_spread = \"6s\"\nclose_timeout = \"1s\"\n");
+    let (line, _) = single_error_mentioning(&tight, "close_spread does not fit the deadline");
+    assert_eq!(line, 21, "at close_spread");
+    let (_, message) = single_error(&tight);
+    assert!(message.contains("shorter than 1s"), "{message}");
+    let with_grace =
+        drain("deadline = \"10s\"\ngrace = \"5s\"\nclose_spread = \"2s\"\nclose_timeout = \"2s\"\n");
+    single_error_mentioning(&with_grace, "close_spread does not fit the deadline");
+    let fits = drain("deadline = \"10s\"\ngrace = \"1s\"\nclose_spread = \"4s\"\nclose_timeout = \"2s\"\n");
+    Config::parse(Path::new("proxy.toml"), &fits).expect("1 + 4 + 2 × 2 < 10");
+    let unset = drain("deadline = \"3s\"\nclose_timeout = \"5s\"\n");
+    Config::parse(Path::new("proxy.toml"), &unset).expect("no close_spread, no rule");
+}

@@ -349,6 +349,25 @@ impl Validator<'_> {
                 r.get_ref().clone()
             },
         );
+        let close_timeout = self.positive_duration(raw.close_timeout.as_ref(), "close_timeout", secs(5));
+        let close_spread = self.duration(raw.close_spread.as_ref(), "close_spread", Duration::ZERO);
+        if let Some(spread) = raw.close_spread.as_ref().filter(|_| !close_spread.is_zero()) {
+            // The last tunnel's close starts at the end of the spread and may take a
+            // close_timeout for each side: all of it must end before the deadline cuts.
+            let needed = grace + close_spread + 2 * close_timeout;
+            if needed >= deadline {
+                let room = deadline.saturating_sub(grace + 2 * close_timeout);
+                let message = format!(
+                    "close_spread does not fit the deadline: grace ({}) + close_spread ({}) + 2 × close_timeout ({}) must be below deadline ({}); make close_spread shorter than {} or the deadline longer",
+                    humantime::format_duration(grace),
+                    humantime::format_duration(close_spread),
+                    humantime::format_duration(close_timeout),
+                    humantime::format_duration(deadline),
+                    humantime::format_duration(room),
+                );
+                self.error(spread, message);
+            }
+        }
         DrainConfig {
             deadline,
             grace,
@@ -356,8 +375,8 @@ impl Validator<'_> {
             close_code: self.close_code(raw.close_code.as_ref()),
             close_reason,
             idle_linger: self.duration(raw.idle_linger.as_ref(), "idle_linger", secs(1)),
-            close_timeout: self.positive_duration(raw.close_timeout.as_ref(), "close_timeout", secs(5)),
-            close_spread: self.duration(raw.close_spread.as_ref(), "close_spread", Duration::ZERO),
+            close_timeout,
+            close_spread,
         }
     }
 

@@ -134,7 +134,8 @@ async fn start(
         listener::open_all(&config.listeners, admin_addr, sockets, notifier).map_err(StartupError::Listen)?;
     let drain = Drain::new();
     let stats = Arc::new(Stats::default());
-    let proxy = Arc::new(build_proxy(&config, &tls, stats.clone()));
+    let tunnels = Tunnels::new(close_settings(&config.drain), stats.clone());
+    let proxy = Arc::new(build_proxy(&config, &tls, tunnels.clone(), stats.clone()));
     let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut accept_loops = Vec::new();
@@ -167,19 +168,18 @@ async fn start(
         tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));
     }
     info!(workers = config.workers, pid = std::process::id(), "ready");
-    Ok(Running { config, drain, stats, stop, accept_loops, listener_fds, notifier })
+    Ok(Running { config, drain, stats, tunnels, stop, accept_loops, listener_fds, notifier })
 }
 
 /// The proxy for `config`: its upstream groups (with `tls` client configs for https ones),
 /// routes, and the tunnels' close settings, each built once here.
-fn build_proxy(config: &Config, tls: &TlsMaterial, stats: Arc<Stats>) -> Proxy {
+fn build_proxy(config: &Config, tls: &TlsMaterial, tunnels: Tunnels, stats: Arc<Stats>) -> Proxy {
     let upstreams = config
         .upstreams
         .iter()
         .zip(&tls.upstreams)
         .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
         .collect();
-    let tunnels = Tunnels::new(close_settings(&config.drain), stats.clone());
     Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels, stats)
 }
 

@@ -28,6 +28,7 @@ use crate::drain::{Drain, Phase};
 use crate::listener::Stop;
 use crate::stats::Stats;
 use crate::systemd::Notifier;
+use crate::websocket::Tunnels;
 
 /// How the daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +63,8 @@ pub(super) struct Running {
     pub(super) drain: Drain,
     /// What happened, for the exit summary.
     pub(super) stats: Arc<Stats>,
+    /// The tunnels' shared close schedule, fitted to the time the deadline leaves.
+    pub(super) tunnels: Tunnels,
     /// Tells the accept loops to stop; they end by closing their listeners.
     pub(super) stop: watch::Sender<Stop>,
     pub(super) accept_loops: Vec<JoinHandle<()>>,
@@ -84,7 +87,7 @@ struct Plan {
 
 /// Runs the drain after `trigger` and returns how it ended.
 pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stats, stop, accept_loops, notifier, .. } = running;
+    let Running { config, drain, stats, tunnels, stop, accept_loops, notifier, .. } = running;
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
     let plan = announce(trigger, &config.drain, notifier, &stats);
@@ -94,6 +97,8 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
             // Close the listeners before any connection learns of the drain: a client told
             // `Connection: close` must find the port refusing, not a backlog about to be reset.
             close_listeners(&stop, accept_loops, plan.stop).await;
+            // Every tunnel's close handshake must fit before the deadline, after a grace too.
+            tunnels.fit_closes_within(deadline.saturating_duration_since(Instant::now()));
             wind_down(&drain, plan.handed_over);
             let reporter = tokio::spawn(status::report_drain(drain.watch(), plan.notifier, deadline));
             let outcome = wait_for_zero(&drain, signals, deadline, plan.handed_over).await;

@@ -8,7 +8,7 @@
 //! its slot (the moment the drain reaches the tunnels); each tunnel takes the next slot in
 //! turn. Raw (non-WebSocket) tunnels close by no handshake and take no slot.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct CloseSpread {
     slots: AtomicUsize,
     /// Slots handed out so far.
     tickets: AtomicUsize,
+    /// The longest the window may be, in milliseconds, once the drain has fitted it to its
+    /// deadline ([`CloseSpread::fit_within`]); `u64::MAX` until then.
+    limit_ms: AtomicU64,
 }
 
 /// A WebSocket tunnel's place in the count of [`CloseSpread`]; dropped when the tunnel ends.
@@ -57,7 +60,19 @@ impl CloseSpread {
             open: AtomicUsize::new(0),
             slots: AtomicUsize::new(0),
             tickets: AtomicUsize::new(0),
+            limit_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Shrinks the window to at most `room`, the time the deadline leaves for spreading.
+    pub fn fit_within(&self, room: Duration) {
+        let room_ms = u64::try_from(room.as_millis()).unwrap_or(u64::MAX);
+        self.limit_ms.fetch_min(room_ms, Ordering::Relaxed);
+    }
+
+    /// The window, fitted.
+    fn window(&self) -> Duration {
+        self.window.min(Duration::from_millis(self.limit_ms.load(Ordering::Relaxed)))
     }
 
     /// Counts a WebSocket tunnel until the returned member drops.
@@ -74,7 +89,8 @@ impl CloseSpread {
     /// How long after the drain reaches it a tunnel should begin its close, so that the
     /// close frames of all tunnels open at the drain are spread evenly over the window.
     pub fn close_delay(&self) -> Duration {
-        if self.window.is_zero() {
+        let window = self.window();
+        if window.is_zero() {
             return Duration::ZERO;
         }
         let open = self.open.load(Ordering::Relaxed).max(1);
@@ -83,7 +99,7 @@ impl CloseSpread {
             Err(fixed) => fixed,
         };
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed).min(slots - 1);
-        self.window.mul_f64(ticket as f64 / slots as f64)
+        window.mul_f64(ticket as f64 / slots as f64)
     }
 }
 
@@ -107,5 +123,15 @@ mod tests {
         let _ws: Vec<_> = (0..2).map(|_| spread.join()).collect();
         let delays: Vec<u128> = (0..2).map(|_| spread.close_delay().as_millis()).collect();
         assert_eq!(delays, vec![0, 1000]);
+    }
+
+    #[test]
+    fn a_window_longer_than_the_deadline_leaves_is_compressed_into_it() {
+        let spread = Arc::new(CloseSpread::new(Duration::from_secs(6)));
+        let _tunnels: Vec<_> = (0..6).map(|_| spread.join()).collect();
+        spread.fit_within(Duration::from_secs(1));
+        spread.fit_within(Duration::from_secs(3)); // only ever shrinks
+        let delays: Vec<u128> = (0..6).map(|_| spread.close_delay().as_millis()).collect();
+        assert_eq!(delays, vec![0, 166, 333, 500, 666, 833]);
     }
 }

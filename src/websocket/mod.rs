@@ -14,6 +14,7 @@ pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
@@ -56,6 +57,12 @@ impl Tunnels {
     pub fn new(settings: CloseSettings, stats: Arc<Stats>) -> Self {
         let spread = Arc::new(CloseSpread::new(settings.spread));
         Tunnels { settings: Arc::new(settings), spread, stats }
+    }
+
+    /// Fits the close schedule into `left` (the time until the deadline): the spread shrinks
+    /// so that the last tunnel still has two `close_timeout`s (one per side) before the cut.
+    pub fn fit_closes_within(&self, left: Duration) {
+        self.spread.fit_within(left.saturating_sub(2 * self.settings.timeout));
     }
 
     /// Relays between both sides of `handoff` on a task of its own until the tunnel ends

@@ -57,7 +57,9 @@ async fn check_accepts_a_config_using_every_key() {
         [[listen]]\naddr = \"127.0.0.1:0\"\n\n\
         [upstream.legacy]\naddrs = [\"127.0.0.1:9\", \"127.0.0.1:10\"]\n\
         connect_timeout = \"2s\"\ntimeout = \"60s\"\n\n\
-        [[route]]\nhost = \"api.example.com\"\npath_prefix = \"/api/\"\nupstream = \"legacy\"\n\n\
+        [[route]]\nhost = \"api.example.com\"\npath_prefix = \"/api/\"\nupstream = \"legacy\"\n\
+        underscores_in_headers = false\nupgrades = [\"websocket\"]\n\
+        websocket_origins = [\"https://app.example.com\"]\n\n\
         [[route]]\nupstream = \"legacy\"\n\n\
         [drain]\ndeadline = \"30s\"\ngrace = \"0s\"\nretry_after = \"5s\"\nclose_code = 1001\n\
         close_reason = \"server shutting down\"\nidle_linger = \"1s\"\nclose_timeout = \"5s\"\n\
@@ -137,4 +139,13 @@ async fn bad_config_at_startup_exits_1_and_binds_nothing() {
     assert!(out.stderr.contains(&format!("{}:8:", out.path.display())), "{}", out.stderr);
     assert!(!out.stderr.to_lowercase().contains("in use"), "it tried to bind:\n{}", out.stderr);
     assert!(!out.stderr.contains("\"listening\""), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn check_rejects_a_close_spread_that_cannot_fit_the_deadline() {
+    let config = base_with(&[(11, "deadline = \"3s\"\nclose_spread = \"6s\"\nclose_timeout = \"1s\"")]);
+    let stderr = check_fails_at(&config, 12, "close_spread = \"6s\"").await;
+    assert!(stderr.contains("must be below deadline"), "{stderr}");
+    let unset = base_with(&[(11, "deadline = \"3s\"\nclose_timeout = \"5s\"")]);
+    assert_eq!(Finished::check(&unset).await.stdout.trim(), "ok", "no close_spread, no rule");
 }
