@@ -33,6 +33,9 @@ pub enum ProxyError {
     Connect,
     /// A WebSocket upgrade from an `Origin` its route does not list (`websocket_origins`).
     OriginRefused,
+    /// No, several or a malformed `Host`, or a target that is not origin- or absolute-form
+    /// (RFC 9112 §3.2); the text says which.
+    BadHost(&'static str),
     /// The client's request body failed while it was being forwarded (the client went away).
     ClientAborted {
         /// What the request body failed with.
@@ -66,6 +69,7 @@ impl ProxyError {
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::OriginRefused => StatusCode::FORBIDDEN,
+            ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unavailable { .. } | ProxyError::Failed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -79,6 +83,7 @@ impl ProxyError {
             | ProxyError::AmbiguousFraming
             | ProxyError::Connect
             | ProxyError::OriginRefused
+            | ProxyError::BadHost(_)
             | ProxyError::ClientAborted { .. } => Side::Downstream,
             ProxyError::Draining => Side::Internal,
             ProxyError::Unavailable { .. } | ProxyError::Timeout { .. } | ProxyError::Failed { .. } => {
@@ -99,6 +104,7 @@ impl ProxyError {
             ProxyError::OriginRefused => {
                 "WebSocket connections from this origin are not allowed\n".to_owned()
             }
+            ProxyError::BadHost(why) => format!("bad request: {why}\n"),
             ProxyError::ClientAborted { .. } => "request body incomplete\n".to_owned(),
             ProxyError::Unavailable { upstream } | ProxyError::Failed { upstream, .. } => {
                 format!("upstream \"{upstream}\" is unavailable\n")
@@ -140,6 +146,7 @@ impl fmt::Display for ProxyError {
             ProxyError::OriginRefused => {
                 f.write_str("websocket upgrade from an origin the route does not list")
             }
+            ProxyError::BadHost(why) => write!(f, "bad host or target: {why}"),
             ProxyError::ClientAborted { .. } => f.write_str("client request body failed"),
             ProxyError::Unavailable { upstream } => {
                 write!(f, "upstream \"{upstream}\": no address reachable")

@@ -111,13 +111,17 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
     HOP_BY_HOP.iter().position(|hop| hop == name).map_or(0, |i| 1 << i)
 }
 
+/// Removes what `Connection` names, except what the proxy itself needs or sets: `Upgrade`
+/// (judged apart), `Host` and `X-Forwarded-*` — a client could otherwise strip the host a
+/// backend routes on, or earlier hops' `X-Forwarded-For`.
 fn remove_named_by_connection(headers: &mut HeaderMap) {
+    let kept = [&header::UPGRADE, &header::HOST, &X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST];
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| http1::connection_tokens(v.as_bytes()))
         .filter_map(|token| HeaderName::from_bytes(token).ok())
-        .filter(|name| name != header::UPGRADE)
+        .filter(|name| !kept.contains(&name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -442,5 +446,19 @@ mod tests {
         assert!(origin_allowed(&from(Some("https://evil.example")), &ws, None), "no list, no check");
         let other = HeaderValue::from_static("x-custom");
         assert!(origin_allowed(&from(None), &other, Some(&listed)), "only WebSocket upgrades are judged");
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_forwarded_headers() {
+        let mut h = map(&[
+            ("connection", "Host, X-Forwarded-For, x-forwarded-proto, X-Forwarded-Host, x-secret"),
+            ("host", "app.example.com"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-secret", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "app.example.com");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1", "earlier hops stay");
+        assert!(!h.contains_key("x-secret") && !h.contains_key("connection"), "{h:?}");
     }
 }

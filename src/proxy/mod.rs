@@ -12,6 +12,7 @@ pub mod conn;
 mod error;
 mod framing;
 mod headers;
+mod host;
 mod io;
 mod route;
 
@@ -195,7 +196,7 @@ async fn forward(
     conn: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
 ) -> Result<Forwarded, ProxyError> {
-    let host = request_host(&req);
+    let host = host::request_host(&req).map_err(ProxyError::BadHost)?;
     let route = proxy
         .routes
         .find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path())
@@ -280,19 +281,6 @@ fn rewrite_response<B>(resp: &mut Response<B>) {
     headers::remove_hop_by_hop(resp.headers_mut(), false);
     // The upstream's HTTP version is its hop's business; downstream speaks HTTP/1.1 or 2.
     *resp.version_mut() = Version::HTTP_11;
-}
-
-/// The host the client asked for: the request target's authority (absolute-form or HTTP/2
-/// `:authority`), else the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    match req.uri().authority() {
-        // Host and port only: any userinfo (`user@`) is not part of where the request goes.
-        Some(authority) => match authority.port() {
-            Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok(),
-            None => HeaderValue::from_str(authority.host()).ok(),
-        },
-        None => req.headers().get(header::HOST).cloned(),
-    }
 }
 
 /// Turns a downstream request into what the upstream gets: origin-form target, HTTP/1.1,

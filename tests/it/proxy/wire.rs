@@ -421,3 +421,36 @@ async fn websocket_upgrades_from_unlisted_origins_get_403_before_the_backend() {
     client.send(&upgrade("Origin: https://App.example.com\r\n")).await;
     assert_eq!(client.read_head().await.status, 101, "a listed origin, in any case");
 }
+
+/// RFC 9112 §3.2: no `Host`, two of them, or one that is not `uri-host [":" port]` is answered
+/// 400 and reaches no upstream; so is a target that is neither origin- nor absolute-form. An
+/// absolute-form target's authority wins over `Host`, and `Connection: Host` strips nothing.
+#[tokio::test]
+async fn requests_with_a_bad_host_or_target_get_400_and_reach_no_upstream() {
+    let upstream = Scripted::start(|_, _, _| Reply::Send(OK_HELLO)).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a/../b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a:70000\r\n\r\n",
+        b"GET a HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let got = raw_request(proxy.addr, bad).await;
+        assert_eq!(got.status, 400, "{:?}", String::from_utf8_lossy(bad));
+    }
+    assert!(upstream.heads().is_empty(), "nothing reached the upstream: {:?}", upstream.heads());
+
+    let absolute =
+        raw_request(proxy.addr, b"GET http://target.example/x HTTP/1.1\r\nHost: other\r\n\r\n").await;
+    assert_eq!(absolute.status, 200);
+    let kept =
+        raw_request(proxy.addr, b"GET /y HTTP/1.1\r\nHost: app.example\r\nConnection: Host\r\n\r\n").await;
+    assert_eq!(kept.status, 200);
+    let heads: Vec<String> = upstream.heads().iter().map(|h| h.to_ascii_lowercase()).collect();
+    assert!(heads[0].starts_with("get /x ") && heads[0].contains("host: target.example\r\n"), "{}", heads[0]);
+    assert!(heads[1].contains("host: app.example\r\n"), "Connection: Host strips nothing: {}", heads[1]);
+}

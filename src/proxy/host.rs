@@ -1,0 +1,175 @@
+//! Which host a request is for (RFC 9112 §3.2, RFC 9110 §7.2), and the request-target forms
+//! lameduck accepts (RFC 9112 §3.2.1–§3.2.4).
+//!
+//! A request whose host is missing, doubled or malformed is answered 400 and reaches no
+//! upstream: a backend that reads a second `Host`, or a `Host` like `a b` or `a/../b`, its own
+//! way could be routed or cached past the proxy's decision.
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Version};
+
+/// Why a request's host or target was refused (the text of its 400).
+pub type HostError = &'static str;
+
+/// The host the request is for: the target's authority (absolute-form, or HTTP/2's
+/// `:authority`), else `Host`; `None` for an HTTP/1.0 request with neither. Refused:
+/// - more than one `Host`, or a `Host` that is not `uri-host [":" port]`;
+/// - an HTTP/1.1 request without `Host` (RFC 9112 §3.2);
+/// - HTTP/2 `:authority` and `Host` that disagree (RFC 9113 §8.3.1);
+/// - a target that is neither origin-form, absolute-form, nor `*` for `OPTIONS`.
+pub fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, HostError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header");
+    }
+    if host.is_some_and(|h| !is_valid_host(h.as_bytes())) {
+        return Err("Host is not a host name or address with an optional port");
+    }
+    check_target(req)?;
+    let uri = req.uri();
+    let Some(authority) = uri.authority() else {
+        if host.is_none() && req.version() == Version::HTTP_11 {
+            return Err("an HTTP/1.1 request needs a Host header");
+        }
+        return Ok(host.cloned());
+    };
+    // Host and port only: any userinfo (`user@`) is not part of where the request goes.
+    let target_host = match authority.port() {
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+        None => HeaderValue::from_str(authority.host()),
+    }
+    .map_err(|_| "the target's host is not a valid header value")?;
+    if req.version() == Version::HTTP_2 {
+        if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target_host.as_bytes())) {
+            return Err(":authority and Host disagree");
+        }
+    } else if host.is_none() && req.version() == Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header");
+    }
+    Ok(Some(target_host))
+}
+
+/// Origin-form (`/path`), absolute-form (`http://host/path`, and HTTP/2's pseudo-headers),
+/// or `*` for `OPTIONS` (RFC 9112 §3.2.4); authority-form is CONNECT's, refused before this.
+fn check_target<B>(req: &Request<B>) -> Result<(), HostError> {
+    let uri = req.uri();
+    if uri.scheme().is_some() || uri.path().starts_with('/') {
+        return Ok(());
+    }
+    if uri.path() == "*" && uri.authority().is_none() {
+        return if req.method() == Method::OPTIONS { Ok(()) } else { Err("* is a target for OPTIONS only") };
+    }
+    Err("the request target is not origin-form or absolute-form")
+}
+
+/// RFC 9110 §7.2: `uri-host [ ":" port ]`, with a non-empty port of at most 65535. The empty
+/// value is valid (a target with no authority). Names are held to what hosts use: letters,
+/// digits, `-`, `.`, `_`, `~` and percent-escapes; no list separators, blanks or slashes.
+fn is_valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else { return false };
+        let inside = std::str::from_utf8(&rest[..end]).ok();
+        if inside.and_then(|i| i.parse::<std::net::Ipv6Addr>().ok()).is_none() {
+            return false;
+        }
+        match &rest[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && crate::http1::parse_content_length(p).is_some_and(|n| n <= 65535)
+    });
+    port_ok && !host.is_empty() && is_reg_name(host)
+}
+
+fn is_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        match name[i] {
+            b'%' => {
+                let escape = name.get(i + 1..i + 3);
+                if !escape.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, method: &str, target: &str, hosts: &[&str]) -> Request<()> {
+        let mut builder = Request::builder().version(version).method(method).uri(target);
+        for h in hosts {
+            builder = builder.header("host", *h);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn host_of(r: &Request<()>) -> Result<Option<String>, HostError> {
+        request_host(r).map(|h| h.map(|h| h.to_str().unwrap().to_owned()))
+    }
+
+    #[test]
+    fn hosts_and_targets_that_are_refused() {
+        let h11 = Version::HTTP_11;
+        for (r, why) in [
+            (req(h11, "GET", "/", &[]), "no Host"),
+            (req(h11, "GET", "/", &["a", "a"]), "two equal Hosts"),
+            (req(h11, "GET", "/", &["a, b"]), "a list"),
+            (req(h11, "GET", "/", &["a b"]), "a blank"),
+            (req(h11, "GET", "/", &["a/../b"]), "a path"),
+            (req(h11, "GET", "/", &["a:"]), "an empty port"),
+            (req(h11, "GET", "/", &["a:65536"]), "a port over 65535"),
+            (req(h11, "GET", "/", &[":80"]), "no host before the port"),
+            (req(h11, "GET", "/", &["[::1"]), "an unclosed IP literal"),
+            (req(h11, "GET", "/", &["[nope]"]), "not an IPv6 address"),
+            (req(h11, "GET", "a", &["a"]), "authority-form for GET"),
+            (req(h11, "GET", "*", &["a"]), "* for GET"),
+            (req(h11, "GET", "http://a/", &[]), "absolute-form still needs Host in HTTP/1.1"),
+            (req(Version::HTTP_2, "GET", "http://a/", &["b"]), ":authority and Host disagree"),
+        ] {
+            assert!(request_host(&r).is_err(), "{why}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn the_host_a_request_is_for() {
+        let h11 = Version::HTTP_11;
+        let cases = [
+            (req(h11, "GET", "/x", &["Example.com:8080"]), Some("Example.com:8080")),
+            (req(h11, "GET", "/x", &["[::1]:8080"]), Some("[::1]:8080")),
+            (req(h11, "GET", "/x", &["10.0.0.1"]), Some("10.0.0.1")),
+            (req(h11, "GET", "/x", &[""]), Some("")),
+            (req(h11, "GET", "http://target:81/x", &["ignored"]), Some("target:81")),
+            (req(h11, "GET", "http://user@target/x", &["ignored"]), Some("target")),
+            (req(h11, "OPTIONS", "*", &["a"]), Some("a")),
+            (req(Version::HTTP_10, "GET", "/x", &[]), None),
+            (req(Version::HTTP_2, "GET", "http://a/x", &["A"]), Some("a")),
+            (req(Version::HTTP_2, "GET", "http://a/x", &[]), Some("a")),
+        ];
+        for (r, want) in cases {
+            assert_eq!(host_of(&r), Ok(want.map(str::to_owned)), "{r:?}");
+        }
+    }
+}
