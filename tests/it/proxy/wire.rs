@@ -454,3 +454,18 @@ async fn requests_with_a_bad_host_or_target_get_400_and_reach_no_upstream() {
     assert!(heads[0].starts_with("get /x ") && heads[0].contains("host: target.example\r\n"), "{}", heads[0]);
     assert!(heads[1].contains("host: app.example\r\n"), "Connection: Host strips nothing: {}", heads[1]);
 }
+
+/// RFC 9112 §7.1 on the client side: a chunked upload whose size line is not strictly framed
+/// is refused with 400, and its upstream request is aborted, never completed.
+#[tokio::test]
+async fn a_client_chunk_size_line_that_is_not_strictly_framed_gets_400() {
+    let upstream = Scripted::start(|_, _, _| Reply::Send(OK_HELLO)).await;
+    let proxy = Lameduck::start(&config_for(upstream.addr)).await;
+    for body in
+        ["0x5\r\nhello\r\n0\r\n\r\n", "5 garbage\r\nhello\r\n0\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n"]
+    {
+        let request = format!("POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        let got = raw_request(proxy.addr, request.as_bytes()).await;
+        assert_eq!(got.status, 400, "{body:?}");
+    }
+}
