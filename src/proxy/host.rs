@@ -66,53 +66,85 @@ fn check_target<B>(req: &Request<B>) -> Result<(), HostError> {
 /// RFC 9110 §7.2: `uri-host [ ":" port ]`, with a non-empty port of at most 65535. The empty
 /// value is valid (a target with no authority). Names are held to what hosts use: letters,
 /// digits, `-`, `.`, `_`, `~` and percent-escapes; no list separators, blanks or slashes.
+/// Runs on every request: a pass over the name and one over the port, a table lookup a byte.
 fn is_valid_host(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
-    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
-        let Some(end) = rest.iter().position(|&b| b == b']') else { return false };
-        let inside = std::str::from_utf8(&rest[..end]).ok();
-        if inside.and_then(|i| i.parse::<std::net::Ipv6Addr>().ok()).is_none() {
-            return false;
+    let (host_ok, port) = match value.strip_prefix(b"[") {
+        Some(rest) => {
+            let Some(end) = rest.iter().position(|&b| b == b']') else { return false };
+            let inside = std::str::from_utf8(&rest[..end]).ok();
+            let address = inside.is_some_and(|i| i.parse::<std::net::Ipv6Addr>().is_ok());
+            match &rest[end + 1..] {
+                [] => (address, None),
+                [b':', port @ ..] => (address, Some(port)),
+                _ => return false,
+            }
         }
-        match &rest[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&b"x"[..], Some(port)),
-            _ => return false,
-        }
-    } else {
-        match value.iter().position(|&b| b == b':') {
-            Some(i) => (&value[..i], Some(&value[i + 1..])),
-            None => (value, None),
-        }
+        None => match memchr::memchr(b':', value) {
+            Some(i) => (is_reg_name(&value[..i]), Some(&value[i + 1..])),
+            None => (is_reg_name(value), None),
+        },
     };
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.iter().all(u8::is_ascii_digit)
-            && crate::http1::parse_content_length(p).is_some_and(|n| n <= 65535)
-    });
-    port_ok && !host.is_empty() && is_reg_name(host)
+    host_ok && port.is_none_or(is_port)
 }
 
+/// `1*5DIGIT` up to 65535.
+fn is_port(digits: &[u8]) -> bool {
+    if digits.is_empty() || digits.len() > 5 {
+        return false;
+    }
+    let mut n = 0u32;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return false;
+        }
+        n = n * 10 + u32::from(b - b'0');
+    }
+    n <= 65535
+}
+
+/// A non-empty registered name of the bytes hosts use, percent-escapes well-formed.
 fn is_reg_name(name: &[u8]) -> bool {
-    let mut i = 0;
-    while i < name.len() {
-        match name[i] {
-            b'%' => {
-                let escape = name.get(i + 1..i + 3);
-                if !escape.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                    return false;
-                }
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => i += 1,
+    let mut escaped = false;
+    for &b in name {
+        match HOST_BYTE[usize::from(b)] {
+            NAME => {}
+            PERCENT => escaped = true,
             _ => return false,
         }
     }
-    true
+    !name.is_empty() && (!escaped || escapes_are_well_formed(name))
 }
+
+/// Each `%` is followed by two hex digits (the rare, slow path).
+fn escapes_are_well_formed(name: &[u8]) -> bool {
+    name.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'%')
+        .all(|(i, _)| name.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
+}
+
+/// [`HOST_BYTE`] classes.
+const INVALID: u8 = 0;
+const NAME: u8 = 1;
+const PERCENT: u8 = 2;
+
+/// What each byte may be in a host name: letters, digits, `-`, `.`, `_`, `~`, or `%`.
+static HOST_BYTE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            table[b] = NAME;
+        }
+        b += 1;
+    }
+    table[b'%' as usize] = PERCENT;
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -144,6 +176,9 @@ mod tests {
             (req(h11, "GET", "/", &[":80"]), "no host before the port"),
             (req(h11, "GET", "/", &["[::1"]), "an unclosed IP literal"),
             (req(h11, "GET", "/", &["[nope]"]), "not an IPv6 address"),
+            (req(h11, "GET", "/", &["a%2"]), "a cut-short escape"),
+            (req(h11, "GET", "/", &["a%zz"]), "an escape that is not hex"),
+            (req(h11, "GET", "/", &["a:8 0"]), "a blank in the port"),
             (req(h11, "GET", "a", &["a"]), "authority-form for GET"),
             (req(h11, "GET", "*", &["a"]), "* for GET"),
             (req(h11, "GET", "http://a/", &[]), "absolute-form still needs Host in HTTP/1.1"),
@@ -160,6 +195,7 @@ mod tests {
             (req(h11, "GET", "/x", &["Example.com:8080"]), Some("Example.com:8080")),
             (req(h11, "GET", "/x", &["[::1]:8080"]), Some("[::1]:8080")),
             (req(h11, "GET", "/x", &["10.0.0.1"]), Some("10.0.0.1")),
+            (req(h11, "GET", "/x", &["a%2Eb:65535"]), Some("a%2Eb:65535")),
             (req(h11, "GET", "/x", &[""]), Some("")),
             (req(h11, "GET", "http://target:81/x", &["ignored"]), Some("target:81")),
             (req(h11, "GET", "http://user@target/x", &["ignored"]), Some("target")),
