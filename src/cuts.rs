@@ -28,3 +28,12 @@ pub fn bytes_leaning_on(
 pub fn cut_points(max: usize) -> impl proptest::strategy::Strategy<Value = Vec<Index>> {
     proptest::collection::vec(proptest::prelude::any::<Index>(), 0..max)
 }
+
+/// Bytes from [`bytes_leaning_on`] with places to cut them at ([`cut_points`]).
+pub fn input_and_cuts(
+    alphabet: &'static [u8],
+    max: usize,
+    max_cuts: usize,
+) -> impl proptest::strategy::Strategy<Value = (Vec<u8>, Vec<Index>)> {
+    (bytes_leaning_on(alphabet, max), cut_points(max_cuts))
+}

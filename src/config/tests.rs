@@ -205,10 +205,7 @@ fn admin_may_not_share_a_listener_address() {
 fn underscores_in_headers_is_off_by_default_and_set_per_route() {
     let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
     assert!(config.routes.iter().all(|r| !r.forwarding.underscores_in_headers));
-    let text = GOOD.replace(
-        "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
-        "path_prefix = \"/api/\"\nupstream = \"legacy\"\nunderscores_in_headers = true\n",
-    );
+    let text = api_route_with("underscores_in_headers = true");
     let config = Config::parse(Path::new("proxy.toml"), &text).expect("valid");
     let kept: Vec<bool> = config.routes.iter().map(|r| r.forwarding.underscores_in_headers).collect();
     assert_eq!(kept, [true, false]);
@@ -216,16 +213,18 @@ fn underscores_in_headers_is_off_by_default_and_set_per_route() {
 
 #[test]
 fn underscores_in_headers_of_the_wrong_type_is_an_error_with_a_location() {
-    let text = GOOD.replace(
-        "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
-        "path_prefix = \"/api/\"\nupstream = \"legacy\"\nunderscores_in_headers = \"yes\"\n",
-    );
+    let text = api_route_with("underscores_in_headers = \"yes\"");
+    assert_eq!(single_error_mentioning(&text, "expected a boolean"), (15, 26));
     let err = Config::parse(Path::new("proxy.toml"), &text).expect_err("a string is not a boolean");
-    let [diagnostic] = err.diagnostics() else { panic!("expected one error: {err}") };
-    assert!(diagnostic.message.contains("expected a boolean"), "{}", diagnostic.message);
-    let (line, col) = err.line_col(diagnostic).expect("a location");
-    assert_eq!((line, col), (15, 26), "{err}");
     assert!(err.to_string().starts_with("proxy.toml:15:26: "), "{err}");
+}
+
+/// [`GOOD`] with `line` added to its first (`/api/`) route.
+fn api_route_with(line: &str) -> String {
+    GOOD.replace(
+        "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
+        &format!("path_prefix = \"/api/\"\nupstream = \"legacy\"\n{line}\n"),
+    )
 }
 
 /// The upgrades a route allows: websocket by default, tokens lowercased; a bad token or h2c is
@@ -234,12 +233,7 @@ fn underscores_in_headers_of_the_wrong_type_is_an_error_with_a_location() {
 fn route_upgrades_default_to_websocket_and_are_checked() {
     let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
     assert!(config.routes.iter().all(|r| r.forwarding.upgrades == ["websocket"]));
-    let with = |list: &str| {
-        GOOD.replace(
-            "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
-            &format!("path_prefix = \"/api/\"\nupstream = \"legacy\"\nupgrades = {list}\n"),
-        )
-    };
+    let with = |list: &str| api_route_with(&format!("upgrades = {list}"));
     let config =
         Config::parse(Path::new("proxy.toml"), &with("[\"WebSocket\", \"x-custom/2\"]")).expect("valid");
     assert_eq!(config.routes[0].forwarding.upgrades, ["websocket", "x-custom/2"]);
@@ -256,12 +250,7 @@ fn route_upgrades_default_to_websocket_and_are_checked() {
 fn websocket_origins_are_checked_as_origins() {
     let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
     assert!(config.routes.iter().all(|r| r.forwarding.websocket_origins.is_none()));
-    let with = |list: &str| {
-        GOOD.replace(
-            "path_prefix = \"/api/\"\nupstream = \"legacy\"\n",
-            &format!("path_prefix = \"/api/\"\nupstream = \"legacy\"\nwebsocket_origins = {list}\n"),
-        )
-    };
+    let with = |list: &str| api_route_with(&format!("websocket_origins = {list}"));
     let good = with("[\"https://App.example.com\", \"http://localhost:3000\"]");
     let config = Config::parse(Path::new("proxy.toml"), &good).expect("valid");
     let origins = config.routes[0].forwarding.websocket_origins.clone().expect("set");

@@ -401,8 +401,7 @@ mod tests {
         /// panics; the verdict does not depend on how the client's writes were split).
         #[test]
         fn fuzz_request_tracker_reads_any_bytes_the_same_however_cut(
-            bytes in crate::cuts::bytes_leaning_on(b"\r\n:; 0123456789aAfFcCtTpP", 600),
-            cuts in crate::cuts::cut_points(12),
+            (bytes, cuts) in crate::cuts::input_and_cuts(b"\r\n:; 0123456789aAfFcCtTpP", 600, 12),
         ) {
             let whole = feed_all(&[&bytes]);
             let cut = feed_all(&crate::cuts::cut(&bytes, &cuts));

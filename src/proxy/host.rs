@@ -165,25 +165,29 @@ mod tests {
     #[test]
     fn hosts_and_targets_that_are_refused() {
         let h11 = Version::HTTP_11;
-        for (r, why) in [
-            (req(h11, "GET", "/", &[]), "no Host"),
-            (req(h11, "GET", "/", &["a", "a"]), "two equal Hosts"),
-            (req(h11, "GET", "/", &["a, b"]), "a list"),
-            (req(h11, "GET", "/", &["a b"]), "a blank"),
-            (req(h11, "GET", "/", &["a/../b"]), "a path"),
-            (req(h11, "GET", "/", &["a:"]), "an empty port"),
-            (req(h11, "GET", "/", &["a:65536"]), "a port over 65535"),
-            (req(h11, "GET", "/", &[":80"]), "no host before the port"),
-            (req(h11, "GET", "/", &["[::1"]), "an unclosed IP literal"),
-            (req(h11, "GET", "/", &["[nope]"]), "not an IPv6 address"),
-            (req(h11, "GET", "/", &["a%2"]), "a cut-short escape"),
-            (req(h11, "GET", "/", &["a%zz"]), "an escape that is not hex"),
-            (req(h11, "GET", "/", &["a:8 0"]), "a blank in the port"),
+        let host_lines: [(&[&str], &str); 13] = [
+            (&[], "no Host"),
+            (&["a", "a"], "two equal Hosts"),
+            (&["a, b"], "a list"),
+            (&["a b"], "a blank"),
+            (&["a/../b"], "a path"),
+            (&["a:"], "an empty port"),
+            (&["a:65536"], "a port over 65535"),
+            (&[":80"], "no host before the port"),
+            (&["[::1"], "an unclosed IP literal"),
+            (&["[nope]"], "not an IPv6 address"),
+            (&["a%2"], "a cut-short escape"),
+            (&["a%zz"], "an escape that is not hex"),
+            (&["a:8 0"], "a blank in the port"),
+        ];
+        let by_host = host_lines.into_iter().map(|(hosts, why)| (req(h11, "GET", "/", hosts), why));
+        let by_target = [
             (req(h11, "GET", "a", &["a"]), "authority-form for GET"),
             (req(h11, "GET", "*", &["a"]), "* for GET"),
             (req(h11, "GET", "http://a/", &[]), "absolute-form still needs Host in HTTP/1.1"),
             (req(Version::HTTP_2, "GET", "http://a/", &["b"]), ":authority and Host disagree"),
-        ] {
+        ];
+        for (r, why) in by_host.chain(by_target) {
             assert!(request_host(&r).is_err(), "{why}: {r:?}");
         }
     }
@@ -191,12 +195,15 @@ mod tests {
     #[test]
     fn the_host_a_request_is_for() {
         let h11 = Version::HTTP_11;
-        let cases = [
-            (req(h11, "GET", "/x", &["Example.com:8080"]), Some("Example.com:8080")),
-            (req(h11, "GET", "/x", &["[::1]:8080"]), Some("[::1]:8080")),
-            (req(h11, "GET", "/x", &["10.0.0.1"]), Some("10.0.0.1")),
-            (req(h11, "GET", "/x", &["a%2Eb:65535"]), Some("a%2Eb:65535")),
-            (req(h11, "GET", "/x", &[""]), Some("")),
+        let host_lines = [
+            ("Example.com:8080", "Example.com:8080"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("a%2Eb:65535", "a%2Eb:65535"),
+            ("", ""),
+        ];
+        let by_host = host_lines.map(|(host, want)| (req(h11, "GET", "/x", &[host]), Some(want)));
+        let others = [
             (req(h11, "GET", "http://target:81/x", &["ignored"]), Some("target:81")),
             (req(h11, "GET", "http://user@target/x", &["ignored"]), Some("target")),
             (req(h11, "OPTIONS", "*", &["a"]), Some("a")),
@@ -204,6 +211,7 @@ mod tests {
             (req(Version::HTTP_2, "GET", "http://a/x", &["A"]), Some("a")),
             (req(Version::HTTP_2, "GET", "http://a/x", &[]), Some("a")),
         ];
+        let cases = by_host.into_iter().chain(others);
         for (r, want) in cases {
             assert_eq!(host_of(&r), Ok(want.map(str::to_owned)), "{r:?}");
         }
