@@ -111,7 +111,9 @@ impl ConnServer {
             tokio::select! {
                 result = conn.as_mut() => return log_end(result),
                 _ = tokio::time::sleep(pause) => {
-                    if !activity.has_requests_in_flight() {
+                    // Idle for a whole pause: the last response's frames have had time to be
+                    // flushed, and a stream dispatched meanwhile would be counted in flight.
+                    if activity.idle_since().is_some_and(|since| since.elapsed() >= pause) {
                         debug!("http/2 connection idle after GOAWAY; closing it");
                         return;
                     }

@@ -99,7 +99,9 @@ impl ConnActivity {
         self.in_flight.load(Ordering::Acquire) > 0
     }
 
-    fn idle_since(&self) -> Option<Instant> {
+    /// Since when no request of this connection has been in flight (the end of the last
+    /// response, or the accept); `None` while one is.
+    pub fn idle_since(&self) -> Option<Instant> {
         if self.has_requests_in_flight() {
             return None;
         }

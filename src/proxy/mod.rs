@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 pub use body::ResponseBody;
 pub use error::{ProxyError, Side};
 pub use io::ConnActivity;
+use io::InFlight;
 
 use crate::config::{Forwarding, RouteConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
@@ -119,14 +120,22 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let proxy = self.proxy.clone();
         let conn = self.conn.clone();
-        Box::pin(async move { Ok(handle(&proxy, &conn, req).await) })
+        // Counted when hyper dispatches the request, not at the future's first poll: an
+        // HTTP/2 stream's task may wait to run, and a draining connection must not look idle
+        // meanwhile (see `ConnServer::finish_h2`).
+        let in_flight = conn.activity.request_started();
+        Box::pin(async move { Ok(handle(&proxy, &conn, req, in_flight).await) })
     }
 }
 
 /// Answers one request, by forwarding it or by lameduck itself.
-async fn handle(proxy: &Proxy, conn: &Arc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(
+    proxy: &Proxy,
+    conn: &Arc<ConnCtx>,
+    req: Request<Incoming>,
+    mut in_flight: InFlight,
+) -> Response<ResponseBody> {
     let request_guard = conn.drain.request_guard();
-    let mut in_flight = conn.activity.request_started();
     let ambiguous = in_flight.ambiguous;
     let h1 = req.version() < Version::HTTP_2;
     let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
