@@ -92,6 +92,9 @@ pub struct Pipe {
     read_first: Bytes,
     /// A Close frame went by in `Forward` mode.
     pub close_seen: bool,
+    /// Bytes written to `dst` so far (injected frames aside): tells a draining tunnel that
+    /// is still moving data from one that only waits.
+    pub relayed: u64,
     eof: bool,
     eof_reported: bool,
 }
@@ -109,6 +112,7 @@ impl Pipe {
             inject: None,
             read_first: Bytes::new(),
             close_seen: false,
+            relayed: 0,
             eof: false,
             eof_reported: false,
         }
@@ -210,6 +214,7 @@ impl Pipe {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.pos += n;
+            self.relayed += n as u64;
         }
         if self.pos == self.end {
             ready!(Pin::new(&mut *dst).poll_flush(cx))?;

@@ -135,15 +135,18 @@ where
 
     /// During a drain, relays a tunnel that closes by itself (raw, not WebSocket after all, or
     /// already closing) until it ends; but once a side has sent its FIN, or both Close frames
-    /// went by, the tunnel has `close_timeout` more and is then closed, not cut: its work is
-    /// done, only a peer that keeps its socket open holds it (RFC 6455 §7.1.1 wants the
-    /// server to close TCP after the close handshake).
+    /// went by, the tunnel is closed, not cut, after `close_timeout` in which no byte moved:
+    /// its work is done, only a peer that keeps its socket open holds it (RFC 6455 §7.1.1 wants
+    /// the server to close TCP after the close handshake). A half-closed tunnel still
+    /// streaming the other way keeps going.
     async fn relay_while_winding_down(&mut self) -> End {
         let mut give_up = None;
+        let mut moved = self.relayed();
         loop {
             if give_up.is_none() && self.is_finishing() {
-                debug!("tunnel close: finishing; closing after close_timeout");
+                debug!("tunnel close: finishing; closing after close_timeout without traffic");
                 give_up = Some(Instant::now() + self.settings.timeout);
+                moved = self.relayed();
             }
             let bound = give_up.unwrap_or_else(|| Instant::now() + self.settings.timeout);
             tokio::select! {
@@ -153,11 +156,21 @@ where
                     _ => {}
                 },
                 _ = sleep_until(bound), if give_up.is_some() => {
+                    if self.relayed() != moved {
+                        moved = self.relayed();
+                        give_up = Some(Instant::now() + self.settings.timeout);
+                        continue;
+                    }
                     let handshake = self.up.close_seen && self.down.close_seen;
                     return if handshake { End::Handshake } else { End::Closed };
                 }
             }
         }
+    }
+
+    /// Bytes relayed so far, both ways.
+    fn relayed(&self) -> u64 {
+        self.up.relayed + self.down.relayed
     }
 
     /// A side has ended its stream, or both Close frames have gone by.

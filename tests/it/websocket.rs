@@ -535,3 +535,29 @@ async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
     assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
     reader.abort();
 }
+
+/// The bound is on silence, not on the tunnel's age: a tunnel half-closed by the client whose
+/// backend is still streaming keeps going past `close_timeout`, until the backend is done.
+#[tokio::test]
+async fn drain_lets_a_half_closed_raw_tunnel_that_still_streams_finish() {
+    let backend_addr = myproto_backend(|mut stream| async move {
+        for i in 0..8u8 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stream.write_all(&[b'a' + i]).await.unwrap();
+        }
+        stream.shutdown().await.unwrap();
+    })
+    .await;
+    let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"1s\"\n";
+    let mut proxy = Lameduck::start(&myproto_config(backend_addr, tail)).await;
+    let mut client = myproto_client(proxy.addr).await;
+    client.shutdown().await.unwrap(); // the client has said all it will say
+    proxy.wait_for_message("request").await;
+    proxy.sigterm();
+    let mut got = Vec::new();
+    timeout(secs(6), client.read_to_end(&mut got)).await.expect("the stream ends").unwrap();
+    assert_eq!(got, b"abcdefgh", "2.4 s of streaming, past the 1 s close_timeout, arrives whole");
+    assert_eq!(proxy.exit_within(PROMPT).await, 0);
+    let summary = proxy.summary().await;
+    assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
+}
