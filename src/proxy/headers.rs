@@ -177,7 +177,8 @@ pub fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
 /// (lowercase), compared without case. Upgrades to other protocols are not judged here.
 pub fn origin_allowed(headers: &HeaderMap, asked: &HeaderValue, listed: Option<&[String]>) -> bool {
     let Some(listed) = listed else { return true };
-    let websocket = http1::connection_tokens(asked.as_bytes()).any(|p| p.eq_ignore_ascii_case(b"websocket"));
+    let websocket = http1::connection_tokens(asked.as_bytes())
+        .any(|p| p.split(|&b| b == b'/').next().is_some_and(|name| name.eq_ignore_ascii_case(b"websocket")));
     if !websocket {
         return true;
     }
@@ -444,6 +445,8 @@ mod tests {
         assert!(!origin_allowed(&from(Some("https://evil.example")), &ws, Some(&listed)));
         assert!(!origin_allowed(&from(None), &ws, Some(&listed)), "no Origin at all");
         assert!(origin_allowed(&from(Some("https://evil.example")), &ws, None), "no list, no check");
+        let versioned = HeaderValue::from_static("websocket/13");
+        assert!(!origin_allowed(&from(None), &versioned, Some(&listed)), "a version does not skip the check");
         let other = HeaderValue::from_static("x-custom");
         assert!(origin_allowed(&from(None), &other, Some(&listed)), "only WebSocket upgrades are judged");
     }

@@ -34,12 +34,17 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, HostErro
         }
         return Ok(host.cloned());
     };
-    // Host and port only: any userinfo (`user@`) is not part of where the request goes.
-    let target_host = match authority.port() {
-        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
-        None => HeaderValue::from_str(authority.host()),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("an absolute-form target must be http or https");
     }
-    .map_err(|_| "the target's host is not a valid header value")?;
+    // Host and port only: any userinfo (`user@`) is not part of where the request goes. It is
+    // held to the rules of `Host`, since it replaces it.
+    let host_and_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    if host_and_port.is_empty() || !is_valid_host(host_and_port.as_bytes()) {
+        return Err("the target's authority is not a host name or address with an optional port");
+    }
+    let target_host =
+        HeaderValue::from_str(host_and_port).map_err(|_| "the target's host is not a valid header value")?;
     if req.version() == Version::HTTP_2 {
         if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target_host.as_bytes())) {
             return Err(":authority and Host disagree");
@@ -90,19 +95,20 @@ fn is_valid_host(value: &[u8]) -> bool {
     host_ok && port.is_none_or(is_port)
 }
 
-/// `1*5DIGIT` up to 65535.
+/// `1*DIGIT` up to 65535 (leading zeros allowed, RFC 9110 §4.1 `port = *DIGIT`; empty
+/// refused: it names no port).
 fn is_port(digits: &[u8]) -> bool {
-    if digits.is_empty() || digits.len() > 5 {
-        return false;
-    }
     let mut n = 0u32;
     for &b in digits {
         if !b.is_ascii_digit() {
             return false;
         }
         n = n * 10 + u32::from(b - b'0');
+        if n > 65535 {
+            return false;
+        }
     }
-    n <= 65535
+    !digits.is_empty()
 }
 
 /// A non-empty registered name of the bytes hosts use, percent-escapes well-formed.
@@ -185,6 +191,11 @@ mod tests {
             (req(h11, "GET", "a", &["a"]), "authority-form for GET"),
             (req(h11, "GET", "*", &["a"]), "* for GET"),
             (req(h11, "GET", "http://a/", &[]), "absolute-form still needs Host in HTTP/1.1"),
+            (req(h11, "GET", "http://a:99999/x", &["ok"]), "absolute-form with a port over 65535"),
+            (req(h11, "GET", "http://a:/x", &["ok"]), "absolute-form with an empty port"),
+            (req(h11, "GET", "http://a,b/x", &["ok"]), "absolute-form with a list for a host"),
+            (req(h11, "GET", "ftp://a/x", &["ok"]), "absolute-form that is not http"),
+            (req(Version::HTTP_2, "GET", "http://a:99999/x", &[]), ":authority with a port over 65535"),
             (req(Version::HTTP_2, "GET", "http://a/", &["b"]), ":authority and Host disagree"),
         ];
         for (r, why) in by_host.chain(by_target) {
@@ -200,6 +211,7 @@ mod tests {
             ("[::1]:8080", "[::1]:8080"),
             ("10.0.0.1", "10.0.0.1"),
             ("a%2Eb:65535", "a%2Eb:65535"),
+            ("a:000080", "a:000080"),
             ("", ""),
         ];
         let by_host = host_lines.map(|(host, want)| (req(h11, "GET", "/x", &[host]), Some(want)));

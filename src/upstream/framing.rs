@@ -67,6 +67,8 @@ pub enum ChunkedState {
     Trailers {
         /// The current line has nothing in it yet.
         empty: bool,
+        /// The line's CR has been seen: only its LF may follow.
+        cr_seen: bool,
     },
 }
 
@@ -108,14 +110,19 @@ pub fn decode_chunked(state: &mut ChunkedState, buf: &mut BytesMut) -> io::Resul
                 *state = after_size(size, buf[0])?;
                 buf.advance(1);
             }
-            ChunkedState::Extension { size } => match memchr::memchr2(b'\r', b'\n', buf) {
-                Some(i) => {
-                    *state =
-                        if buf[i] == b'\r' { ChunkedState::SizeLf { size } } else { after_size_line(size) };
-                    buf.advance(i + 1);
+            ChunkedState::Extension { size } => {
+                // Up to the CR: visible bytes, blanks and obs-text only (quoted strings too);
+                // a bare LF or another control byte inside an extension is refused.
+                let end = buf.iter().position(|&b| b < 0x20 && b != b'\t' || b == 0x7F).unwrap_or(buf.len());
+                if end == buf.len() {
+                    buf.clear();
+                } else if buf[end] == b'\r' {
+                    *state = ChunkedState::SizeLf { size };
+                    buf.advance(end + 1);
+                } else {
+                    return Err(invalid("a control byte in a chunk extension"));
                 }
-                None => buf.clear(),
-            },
+            }
             ChunkedState::SizeLf { size } => {
                 if buf[0] != b'\n' {
                     return Err(invalid("bare CR in a chunk size line"));
@@ -136,19 +143,22 @@ pub fn decode_chunked(state: &mut ChunkedState, buf: &mut BytesMut) -> io::Resul
             ChunkedState::DataEnd { cr_seen } => {
                 match buf[0] {
                     b'\r' if !cr_seen => *state = ChunkedState::DataEnd { cr_seen: true },
-                    b'\n' => *state = ChunkedState::Size { size: 0, digits: 0 },
+                    b'\n' if cr_seen => *state = ChunkedState::Size { size: 0, digits: 0 },
                     _ => return Err(invalid("chunk data not followed by CRLF")),
                 }
                 buf.advance(1);
             }
-            ChunkedState::Trailers { empty } => {
+            ChunkedState::Trailers { empty, cr_seen } => {
                 let b = buf[0];
                 buf.advance(1);
-                match b {
-                    b'\n' if empty => return Ok(Decoded::End),
-                    b'\n' => *state = ChunkedState::Trailers { empty: true },
-                    b'\r' => {}
-                    _ => *state = ChunkedState::Trailers { empty: false },
+                match (b, cr_seen) {
+                    (b'\n', true) if empty => return Ok(Decoded::End),
+                    (b'\n', true) => *state = ChunkedState::Trailers { empty: true, cr_seen: false },
+                    (b'\r', false) => *state = ChunkedState::Trailers { empty, cr_seen: true },
+                    (b'\n' | b'\r', _) | (_, true) => {
+                        return Err(invalid("a trailer line not ended by CRLF"))
+                    }
+                    _ => *state = ChunkedState::Trailers { empty: false, cr_seen: false },
                 }
             }
         }
@@ -162,14 +172,13 @@ fn after_size(size: u64, b: u8) -> io::Result<ChunkedState> {
         b' ' | b'\t' => Ok(ChunkedState::AfterSize { size }),
         b';' => Ok(ChunkedState::Extension { size }),
         b'\r' => Ok(ChunkedState::SizeLf { size }),
-        b'\n' => Ok(after_size_line(size)),
         _ => Err(invalid("bad chunk size")),
     }
 }
 
 fn after_size_line(size: u64) -> ChunkedState {
     if size == 0 {
-        ChunkedState::Trailers { empty: true }
+        ChunkedState::Trailers { empty: true, cr_seen: false }
     } else {
         ChunkedState::Data(size)
     }
@@ -223,6 +232,12 @@ mod tests {
             b"5 garbage\r\nhello\r\n0\r\n\r\n",
             b"5;a=b\rc\r\nhello\r\n0\r\n\r\n", // bare CR inside an extension
             b"5\rhello\r\n0\r\n\r\n",          // bare CR ending the line
+            b"5;a=b\nhello\r\n0\r\n\r\n",      // bare LF inside an extension
+            b"5;a\x00\r\nhello\r\n0\r\n\r\n",  // a control byte inside an extension
+            b"5\nhello\r\n0\r\n\r\n",          // bare LF ending the size line
+            b"5\r\nhello\n0\r\n\r\n",          // bare LF after the data
+            b"0\r\nfoo\rbar\r\n\r\n",          // bare CR in a trailer
+            b"5\nhello\n0\n\n",                // bare LF line ends throughout
             b"-5\r\nhello\r\n0\r\n\r\n",
             b"10000000000000000\r\n", // past 64 bits
         ] {
@@ -231,7 +246,6 @@ mod tests {
         for good in [
             &b"5\r\nhello\r\n0\r\n\r\n"[..],
             b"5 \t;name=\"a b\";x\r\nhello\r\n0;last\r\n\r\n",
-            b"5\nhello\n0\n\n", // bare LF line ends (RFC 9112 §2.2)
             b"05\r\nhello\r\n00\r\n\r\n",
         ] {
             let decoded =

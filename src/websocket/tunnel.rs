@@ -50,7 +50,8 @@ enum Dir {
 enum End {
     /// Both sides finished (on their own, or through the close handshake).
     Closed,
-    /// The drain's close handshake completed.
+    /// The drain closed it: by the close handshake, or after its finished session went quiet
+    /// for `close_timeout` (counted as closed, not cut).
     Handshake,
     /// A side failed or did not answer in time.
     Cut(&'static str),
@@ -135,7 +136,8 @@ where
 
     /// During a drain, relays a tunnel that closes by itself (raw, not WebSocket after all, or
     /// already closing) until it ends; but once a side has sent its FIN, or both Close frames
-    /// went by, the tunnel is closed, not cut, after `close_timeout` in which no byte moved:
+    /// went by (or one side's Close is left unanswered), the tunnel is closed, not cut, after
+    /// `close_timeout` in which no byte moved:
     /// its work is done, only a peer that keeps its socket open holds it (RFC 6455 §7.1.1 wants
     /// the server to close TCP after the close handshake). A half-closed tunnel still
     /// streaming the other way keeps going.
@@ -161,8 +163,7 @@ where
                         give_up = Some(Instant::now() + self.settings.timeout);
                         continue;
                     }
-                    let handshake = self.up.close_seen && self.down.close_seen;
-                    return if handshake { End::Handshake } else { End::Closed };
+                    return End::Handshake;
                 }
             }
         }
@@ -173,9 +174,9 @@ where
         self.up.relayed + self.down.relayed
     }
 
-    /// A side has ended its stream, or both Close frames have gone by.
+    /// A side has ended its stream or sent its Close.
     fn is_finishing(&self) -> bool {
-        self.up.is_eof() || self.down.is_eof() || (self.up.close_seen && self.down.close_seen)
+        self.up.is_eof() || self.down.is_eof() || self.up.close_seen || self.down.close_seen
     }
 
     /// Relays until `at`; returns the end if the tunnel ended first.

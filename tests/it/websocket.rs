@@ -533,6 +533,7 @@ async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
     assert!(signalled.elapsed() >= Duration::from_millis(800), "{:?}", signalled.elapsed());
     let summary = proxy.summary().await;
     assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
+    assert_eq!(field_f64(&summary, "tunnels.closed"), Some(1.0), "counted as closed: {summary}");
     reader.abort();
 }
 

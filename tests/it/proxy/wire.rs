@@ -438,6 +438,8 @@ async fn requests_with_a_bad_host_or_target_get_400_and_reach_no_upstream() {
         b"GET / HTTP/1.1\r\nHost: a:70000\r\n\r\n",
         b"GET a HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET http://a:99999/x HTTP/1.1\r\nHost: ok\r\n\r\n",
+        b"GET http://a,b/x HTTP/1.1\r\nHost: ok\r\n\r\n",
     ] {
         let got = raw_request(proxy.addr, bad).await;
         assert_eq!(got.status, 400, "{:?}", String::from_utf8_lossy(bad));
