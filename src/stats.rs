@@ -84,7 +84,8 @@ impl Stats {
         let at_signal = self.completed_at_signal.load(Ordering::Relaxed);
         Counts {
             requests_completed: completed,
-            completed_after_signal: completed.saturating_sub(at_signal.min(completed)),
+            // Before the signal `at_signal` is u64::MAX: nothing after it yet.
+            completed_after_signal: completed.saturating_sub(at_signal),
             requests_rejected: self.requests_rejected.load(Ordering::Relaxed),
             tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
             tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),

@@ -79,19 +79,17 @@ impl ConnServer {
         let result = tokio::select! {
             result = conn.as_mut() => result,
             _ = drain.winding_down() => {
-                if !activity.is_h2() {
-                    tokio::select! {
-                        result = conn.as_mut() => return log_end(result),
-                        _ = tokio::time::sleep(self.idle_linger) => {}
-                    }
-                }
                 // Keep polling after graceful_shutdown: in-flight work finishes only if polled.
-                conn.as_mut().graceful_shutdown();
-                if !activity.is_h2() {
-                    conn.await
-                } else {
+                if activity.is_h2() {
+                    conn.as_mut().graceful_shutdown();
                     return self.finish_h2(conn, &activity).await;
                 }
+                tokio::select! {
+                    result = conn.as_mut() => return log_end(result),
+                    _ = tokio::time::sleep(self.idle_linger) => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
         };
         log_end(result);

@@ -148,7 +148,7 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
     for protocol in
         headers.get_all(header::UPGRADE).iter().flat_map(|v| http1::connection_tokens(v.as_bytes()))
     {
-        let name = protocol.split(|&b| b == b'/').next().unwrap_or_default();
+        let name = protocol_name(protocol);
         let lets_through = allowed.iter().any(|a| {
             let a = a.as_bytes();
             a.eq_ignore_ascii_case(protocol) || (!a.contains(&b'/') && a.eq_ignore_ascii_case(name))
@@ -161,6 +161,11 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
         }
     }
     (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept).expect("tokens of a header value"))
+}
+
+/// The name of an `Upgrade` protocol token, its `/version` left off (RFC 9110 §7.8).
+fn protocol_name(protocol: &[u8]) -> &[u8] {
+    protocol.split(|&b| b == b'/').next().unwrap_or_default()
 }
 
 /// Whether a `101`'s `Upgrade` names exactly one protocol, one the request asked for in
@@ -178,7 +183,7 @@ pub fn switched_as_asked(response: &HeaderMap, asked: &HeaderValue) -> bool {
 pub fn origin_allowed(headers: &HeaderMap, asked: &HeaderValue, listed: Option<&[String]>) -> bool {
     let Some(listed) = listed else { return true };
     let websocket = http1::connection_tokens(asked.as_bytes())
-        .any(|p| p.split(|&b| b == b'/').next().is_some_and(|name| name.eq_ignore_ascii_case(b"websocket")));
+        .any(|p| protocol_name(p).eq_ignore_ascii_case(b"websocket"));
     if !websocket {
         return true;
     }

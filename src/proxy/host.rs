@@ -26,14 +26,13 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, HostErro
     if host.is_some_and(|h| !is_valid_host(h.as_bytes())) {
         return Err("Host is not a host name or address with an optional port");
     }
+    // Even with an absolute-form target, whose authority then wins (RFC 9112 §3.2).
+    if host.is_none() && req.version() == Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header");
+    }
     check_target(req)?;
     let uri = req.uri();
-    let Some(authority) = uri.authority() else {
-        if host.is_none() && req.version() == Version::HTTP_11 {
-            return Err("an HTTP/1.1 request needs a Host header");
-        }
-        return Ok(host.cloned());
-    };
+    let Some(authority) = uri.authority() else { return Ok(host.cloned()) };
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         return Err("an absolute-form target must be http or https");
     }
@@ -45,12 +44,9 @@ pub fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, HostErro
     }
     let target_host =
         HeaderValue::from_str(host_and_port).map_err(|_| "the target's host is not a valid header value")?;
-    if req.version() == Version::HTTP_2 {
-        if host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target_host.as_bytes())) {
-            return Err(":authority and Host disagree");
-        }
-    } else if host.is_none() && req.version() == Version::HTTP_11 {
-        return Err("an HTTP/1.1 request needs a Host header");
+    let disagree = host.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(target_host.as_bytes()));
+    if req.version() == Version::HTTP_2 && disagree {
+        return Err(":authority and Host disagree");
     }
     Ok(Some(target_host))
 }

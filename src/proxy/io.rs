@@ -94,15 +94,10 @@ impl ConnActivity {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
-    /// Whether a request of this connection has a response that has not finished.
-    pub fn has_requests_in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
-    }
-
     /// Since when no request of this connection has been in flight (the end of the last
     /// response, or the accept); `None` while one is.
     pub fn idle_since(&self) -> Option<Instant> {
-        if self.has_requests_in_flight() {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         Some(self.epoch + Duration::from_millis(self.last_done_ms.load(Ordering::Relaxed)))

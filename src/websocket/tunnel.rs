@@ -142,8 +142,8 @@ where
     /// the server to close TCP after the close handshake). A half-closed tunnel still
     /// streaming the other way keeps going.
     async fn relay_while_winding_down(&mut self) -> End {
-        let mut give_up = None;
-        let mut moved = self.relayed();
+        // Set together once the tunnel is finishing: when to close, and the bytes moved by then.
+        let (mut give_up, mut moved) = (None, 0);
         loop {
             if give_up.is_none() && self.is_finishing() {
                 debug!("tunnel close: finishing; closing after close_timeout without traffic");

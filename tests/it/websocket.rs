@@ -541,12 +541,23 @@ async fn drain_closes_a_half_closed_raw_tunnel_after_close_timeout() {
 /// backend is still streaming keeps going past `close_timeout`, until the backend is done.
 #[tokio::test]
 async fn drain_lets_a_half_closed_raw_tunnel_that_still_streams_finish() {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
     let backend_addr = myproto_backend(|mut stream| async move {
-        for i in 0..8u8 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stream.write_all(&[b'a' + i]).await.unwrap();
+        // A byte every 100 ms (well inside close_timeout) until the test has seen enough.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut sent = 0usize;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tick.tick() => {
+                    stream.write_all(b"x").await.unwrap();
+                    sent += 1;
+                }
+            }
         }
         stream.shutdown().await.unwrap();
+        let _ = sent_tx.send(sent);
     })
     .await;
     let tail = "[drain]\ndeadline = \"12s\"\nclose_timeout = \"1s\"\n";
@@ -555,9 +566,24 @@ async fn drain_lets_a_half_closed_raw_tunnel_that_still_streams_finish() {
     client.shutdown().await.unwrap(); // the client has said all it will say
     proxy.wait_for_message("request").await;
     proxy.sigterm();
+    proxy.wait_for_message("draining").await;
+    let draining = Instant::now();
     let mut got = Vec::new();
-    timeout(secs(6), client.read_to_end(&mut got)).await.expect("the stream ends").unwrap();
-    assert_eq!(got, b"abcdefgh", "2.4 s of streaming, past the 1 s close_timeout, arrives whole");
+    let mut byte = [0u8; 64];
+    // Read for twice close_timeout into the drain: a cut tunnel would end the stream first.
+    while draining.elapsed() < Duration::from_secs(2) {
+        let n = timeout(PROMPT, client.read(&mut byte)).await.expect("bytes keep coming").unwrap();
+        assert!(
+            n > 0,
+            "the tunnel ended {:?} into the drain, while the backend streamed",
+            draining.elapsed()
+        );
+        got.extend_from_slice(&byte[..n]);
+    }
+    stop.send(()).unwrap();
+    timeout(PROMPT, client.read_to_end(&mut got)).await.expect("the stream ends").unwrap();
+    let sent = timeout(PROMPT, sent_rx).await.unwrap().unwrap();
+    assert_eq!(got.len(), sent, "every byte arrived");
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
     let summary = proxy.summary().await;
     assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
