@@ -2,6 +2,7 @@
 //! [`Stats`] at scrape time (so the request path pays nothing for them).
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use crate::drain::{DrainWatch, Phase};
 use crate::stats::Stats;
+use crate::upstream::Upstreams;
 
 /// The registry and the gauges it exposes.
 #[derive(Debug)]
@@ -23,11 +25,16 @@ pub struct Metrics {
     completed_after_signal: Gauge,
     rejected: Gauge,
     tunnels_closed: Gauge,
+    upstreams: Arc<Upstreams>,
+    /// `lameduck_upstream_held{upstream}`.
+    held: Family<Vec<(&'static str, String)>, Gauge>,
+    /// `lameduck_upstream_paused{upstream}`: 1 when every address is paused.
+    paused: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl Metrics {
-    /// Metrics that read their values from `drain` and `stats`.
-    pub fn new(drain: DrainWatch, stats: Arc<Stats>) -> Self {
+    /// Metrics that read their values from `drain`, `stats` and `upstreams`.
+    pub fn new(drain: DrainWatch, stats: Arc<Stats>, upstreams: Arc<Upstreams>) -> Self {
         let mut registry = Registry::with_prefix("lameduck");
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
@@ -42,6 +49,10 @@ impl Metrics {
             gauge("drain_requests_completed", "Requests completed after the drain signal");
         let rejected = gauge("drain_requests_rejected", "Requests answered 503 while draining");
         let tunnels_closed = gauge("drain_tunnels_closed", "Tunnels closed with a close handshake on drain");
+        let held = Family::default();
+        registry.register("upstream_held", "Requests held for a paused or unreachable upstream", held.clone());
+        let paused = Family::default();
+        registry.register("upstream_paused", "1 while requests to the upstream are held by a pause", paused.clone());
         Metrics {
             registry,
             drain,
@@ -53,6 +64,9 @@ impl Metrics {
             completed_after_signal,
             rejected,
             tunnels_closed,
+            upstreams,
+            held,
+            paused,
         }
     }
 
@@ -67,6 +81,11 @@ impl Metrics {
         self.completed_after_signal.set(counts.completed_after_signal as i64);
         self.rejected.set(counts.requests_rejected as i64);
         self.tunnels_closed.set(counts.tunnels_closed as i64);
+        for upstream in self.upstreams.iter() {
+            let labels = vec![("upstream", upstream.name.to_string())];
+            self.held.get_or_create(&labels).set(upstream.held() as i64);
+            self.paused.get_or_create(&labels).set(i64::from(upstream.all_paused()));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::systemd::{INHERIT_FDS_ENV, READY_FD_ENV};
+use crate::systemd::{INHERIT_FDS_ENV, PAUSED_ENV, READY_FD_ENV};
 
 /// How long a successor may take to report ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,9 +32,10 @@ impl Program {
         Ok(Program { exe: std::env::current_exe()?, args: std::env::args_os().skip(1).collect() })
     }
 
-    /// Starts the program again with `listeners` inherited, and waits until it is ready.
-    /// Returns its pid, or why it could not take over (it is gone by then).
-    pub async fn spawn_successor(&self, listeners: &[RawFd]) -> Result<u32, String> {
+    /// Starts the program again with `listeners` inherited and the upstreams in `paused`
+    /// (see `Upstreams::paused_list`) paused, and waits until it is ready. Returns its pid,
+    /// or why it could not take over (it is gone by then).
+    pub async fn spawn_successor(&self, listeners: &[RawFd], paused: &str) -> Result<u32, String> {
         let (read_end, write_end) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
         let write_fd = write_end.as_raw_fd();
         let fds: Vec<String> = listeners.iter().map(ToString::to_string).collect();
@@ -46,6 +47,7 @@ impl Program {
             .args(&self.args)
             .env(INHERIT_FDS_ENV, fds.join(","))
             .env(READY_FD_ENV, write_fd.to_string())
+            .env(PAUSED_ENV, paused)
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_FDNAMES")

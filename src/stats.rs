@@ -16,6 +16,8 @@ pub struct Stats {
     completed_at_signal: AtomicU64,
     /// Requests answered 503 because the daemon was draining.
     requests_rejected: AtomicU64,
+    /// Held requests answered 503 because the drain's deadline (or a handover) came.
+    held_refused: AtomicU64,
     /// WebSocket tunnels closed with the drain's close handshake.
     tunnels_closed: AtomicU64,
     /// Tunnels cut during the drain because a side did not answer its Close in time.
@@ -31,6 +33,8 @@ pub struct Counts {
     pub completed_after_signal: u64,
     /// Requests answered 503 while draining.
     pub requests_rejected: u64,
+    /// Held requests answered 503 at the drain's deadline or a handover.
+    pub held_refused: u64,
     /// Tunnels closed with a close handshake on the drain.
     pub tunnels_closed: u64,
     /// Tunnels cut by `close_timeout` (those still open at the deadline are not counted here).
@@ -43,6 +47,7 @@ impl Default for Stats {
             requests_completed: AtomicU64::new(0),
             completed_at_signal: AtomicU64::new(u64::MAX),
             requests_rejected: AtomicU64::new(0),
+            held_refused: AtomicU64::new(0),
             tunnels_closed: AtomicU64::new(0),
             tunnels_cut: AtomicU64::new(0),
         }
@@ -58,6 +63,11 @@ impl Stats {
     /// Counts a request answered 503 because of the drain.
     pub fn request_rejected(&self) {
         self.requests_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a held request answered 503 because the drain's deadline (or a handover) came.
+    pub fn held_refused(&self) {
+        self.held_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a tunnel closed with the drain's close handshake.
@@ -87,6 +97,7 @@ impl Stats {
             // Before the signal `at_signal` is u64::MAX: nothing after it yet.
             completed_after_signal: completed.saturating_sub(at_signal),
             requests_rejected: self.requests_rejected.load(Ordering::Relaxed),
+            held_refused: self.held_refused.load(Ordering::Relaxed),
             tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
             tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),
         }

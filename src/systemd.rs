@@ -22,6 +22,9 @@ use tracing::debug;
 pub const INHERIT_FDS_ENV: &str = "LAMEDUCK_INHERIT_FDS";
 /// Env var naming the pipe on which a re-exec'd process reports `ready` (or its error).
 pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
+/// Env var listing what a predecessor had paused (`legacy,api@127.0.0.1:9001`), so that a
+/// binary upgrade does not send requests to a backend being restarted.
+pub const PAUSED_ENV: &str = "LAMEDUCK_PAUSED";
 /// Prefix of the names under which listening sockets are parked in systemd's fd store.
 const STORE_PREFIX: &str = "lameduck-listen-";
 
@@ -56,6 +59,8 @@ pub struct Inherited {
     pub sockets: Vec<InheritedSocket>,
     /// Set when a predecessor waits for this process to report ready.
     pub ready_pipe: Option<OwnedFd>,
+    /// What the predecessor had paused ([`PAUSED_ENV`]), if anything.
+    pub paused: Option<String>,
 }
 
 impl Inherited {
@@ -82,7 +87,8 @@ impl Inherited {
             // else in this process owns it.
             inherited.ready_pipe = Some(unsafe { OwnedFd::from_raw_fd(fd) });
         }
-        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", INHERIT_FDS_ENV, READY_FD_ENV] {
+        inherited.paused = env::var(PAUSED_ENV).ok().filter(|list| !list.is_empty());
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", INHERIT_FDS_ENV, READY_FD_ENV, PAUSED_ENV] {
             env::remove_var(var);
         }
         Ok(inherited)

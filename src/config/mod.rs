@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diagnostic::{ConfigError, Diagnostic};
+pub use validate::parse_duration;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -82,6 +83,29 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// How long the upstream may take to send response headers before the client gets 504.
     pub timeout: Duration,
+    /// How requests wait while the upstream is paused or unreachable.
+    pub hold: HoldConfig,
+}
+
+/// How requests to an upstream wait instead of failing: while it is paused (admin API), and
+/// while every address refuses connections (a backend restarting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldConfig {
+    /// `hold`: the longest a request waits for a paused upstream to resume, then 503 with
+    /// `Retry-After`. Default 30 s.
+    pub hold: Duration,
+    /// `connect_retry`: how long a request whose every address refused keeps retrying (capped,
+    /// jittered back-off) before 502. Default zero: 502 at once.
+    pub connect_retry: Duration,
+    /// `max_held`: requests that may wait at once, paused or retrying; past it, 503 at once.
+    /// Default 1024. Zero: nothing waits.
+    pub max_held: usize,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig { hold: Duration::from_secs(30), connect_retry: Duration::ZERO, max_held: 1024 }
+    }
 }
 
 /// An upstream address: an IP literal, or a host name resolved at connect time.
@@ -180,8 +204,11 @@ pub struct DrainConfig {
 /// `[admin]`.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
-    /// Where /healthz, /readyz and /metrics are served.
+    /// Where /healthz, /readyz, /metrics and /upstreams are served.
     pub addr: SocketAddr,
+    /// A file holding the bearer token that `POST` requests must carry; `None`: no token
+    /// (then only a loopback `addr` is safe, and `--check` warns otherwise).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[limits]`.
@@ -207,6 +234,21 @@ impl Config {
     /// Validates `text` as if it were the file at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         validate::validate(path, text).map_err(|d| ConfigError::new(path, text, d))
+    }
+
+    /// What is valid but probably a mistake, one sentence each: an admin endpoint that
+    /// changes behaviour (pause, resume) reachable from other hosts without a token.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(admin) = self.admin.as_ref().filter(|a| a.token_file.is_none()) {
+            if !admin.addr.ip().is_loopback() {
+                warnings.push(format!(
+                    "[admin] addr {} is not a loopback address and no token_file is set: anyone who reaches it can pause upstreams; set [admin] token_file or bind to 127.0.0.1",
+                    admin.addr
+                ));
+            }
+        }
+        warnings
     }
 }
 

@@ -63,6 +63,9 @@ pub struct RawUpstream {
     pub server_name: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub hold: Option<Spanned<String>>,
+    pub connect_retry: Option<Spanned<String>>,
+    pub max_held: Option<Spanned<i64>>,
 }
 
 /// One `[[route]]` entry.
@@ -97,6 +100,7 @@ pub struct RawDrain {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub addr: Spanned<String>,
+    pub token_file: Option<Spanned<String>>,
 }
 
 /// `[limits]`.

@@ -8,8 +8,8 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawRoute, RawTls, RawUpstream};
 use super::{
-    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Forwarding, Limits,
-    ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Forwarding, HoldConfig,
+    Limits, ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
@@ -68,7 +68,8 @@ impl Validator<'_> {
                     format!("admin address \"{addr}\" is also a [[listen]] address: give it its own port"),
                 );
             }
-            Some(addr)
+            let token_file = a.token_file.as_ref().map(|f| resolve_against(self.path, Path::new(f.get_ref())));
+            Some(AdminConfig { addr, token_file })
         });
         let limits = self.limits(&raw.limits.unwrap_or_default());
         Config {
@@ -78,7 +79,7 @@ impl Validator<'_> {
             upstreams,
             routes,
             drain,
-            admin: admin.map(|addr| AdminConfig { addr }),
+            admin,
             limits,
         }
     }
@@ -203,6 +204,24 @@ impl Validator<'_> {
                 secs(2),
             ),
             timeout: self.positive_duration(upstream.timeout.as_ref(), "timeout", secs(60)),
+            hold: self.hold(upstream),
+        }
+    }
+
+    fn hold(&mut self, upstream: &RawUpstream) -> HoldConfig {
+        let default = HoldConfig::default();
+        let max_held = match &upstream.max_held {
+            None => default.max_held,
+            Some(n) if (0..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
+            Some(n) => {
+                self.error(n, format!("max_held = {} is out of range: use 0 to 1000000", n.get_ref()));
+                default.max_held
+            }
+        };
+        HoldConfig {
+            hold: self.positive_duration(upstream.hold.as_ref(), "hold", default.hold),
+            connect_retry: self.duration(upstream.connect_retry.as_ref(), "connect_retry", default.connect_retry),
+            max_held,
         }
     }
 
@@ -450,7 +469,7 @@ impl Validator<'_> {
 }
 
 /// A duration with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h 30m"`.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 

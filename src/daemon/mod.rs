@@ -40,7 +40,7 @@ use crate::reexec::Program;
 use crate::stats::Stats;
 use crate::systemd::{Inherited, Notifier};
 use crate::tls::TlsMaterial;
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, Upstreams};
 use crate::websocket::{CloseSettings, Tunnels};
 use crate::{admin, listener};
 
@@ -53,6 +53,8 @@ pub enum StartupError {
     Setup(io::Error),
     /// Certificates, keys or CA files could not be used.
     Tls(Vec<String>),
+    /// `[admin] token_file` could not be read, or holds no token.
+    AdminToken(String),
 }
 
 impl fmt::Display for StartupError {
@@ -62,6 +64,7 @@ impl fmt::Display for StartupError {
             StartupError::Listen(e) => e.fmt(f),
             StartupError::Setup(_) => f.write_str("cannot set up the runtime"),
             StartupError::Tls(problems) => write!(f, "tls: {}", problems.join("; ")),
+            StartupError::AdminToken(why) => f.write_str(why),
         }
     }
 }
@@ -71,7 +74,7 @@ impl std::error::Error for StartupError {
         match self {
             StartupError::Listen(e) => e.source(),
             StartupError::Setup(source) => Some(source),
-            StartupError::Tls(_) => None,
+            StartupError::Tls(_) | StartupError::AdminToken(_) => None,
         }
     }
 }
@@ -128,6 +131,10 @@ async fn start(
     for warning in &tls.warnings {
         warn!(warning = %warning, "tls");
     }
+    for warning in config.warnings() {
+        warn!(warning = %warning, "config");
+    }
+    let token = config.admin.as_ref().map(admin::read_token).transpose().map_err(StartupError::AdminToken)?;
     let sockets = std::mem::take(&mut inherited.sockets);
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
     let opened =
@@ -135,7 +142,21 @@ async fn start(
     let drain = Drain::new();
     let stats = Arc::new(Stats::default());
     let tunnels = Tunnels::new(close_settings(&config.drain), stats.clone());
-    let proxy = Arc::new(build_proxy(&config, &tls, tunnels.clone(), stats.clone()));
+    let upstreams = Arc::new(build_upstreams(&config, &tls));
+    if let Some(paused) = inherited.paused.take() {
+        let gone = upstreams.pause_from_list(&paused);
+        info!(paused = %paused, "paused as the previous process had them");
+        if !gone.is_empty() {
+            warn!(unknown = %gone.join(","), "the previous process had paused upstreams this config lacks");
+        }
+    }
+    let proxy = Arc::new(Proxy::new(
+        config.routes.clone(),
+        upstreams.clone(),
+        config.drain.retry_after,
+        tunnels.clone(),
+        stats.clone(),
+    ));
     let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut accept_loops = Vec::new();
@@ -164,23 +185,23 @@ async fn start(
         info!(admin.addr = %addr, source = admin.source, "admin listening");
         // Handed to a successor too; this process stops accepting on it at the handover.
         listener_fds.push(admin_listener.as_raw_fd());
-        let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone()));
-        tokio::spawn(admin::serve(admin_listener, drain.watch(), metrics));
+        let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone(), upstreams.clone()));
+        let admin = admin::Admin { drain: drain.watch(), metrics, upstreams: upstreams.clone(), token: token.flatten() };
+        tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
     info!(workers = config.workers, pid = std::process::id(), "ready");
-    Ok(Running { config, drain, stats, tunnels, stop, accept_loops, listener_fds, notifier })
+    Ok(Running { config, drain, stats, tunnels, upstreams, stop, accept_loops, listener_fds, notifier })
 }
 
-/// The proxy for `config`: its upstream groups (with `tls` client configs for https ones),
-/// routes, and the tunnels' close settings, each built once here.
-fn build_proxy(config: &Config, tls: &TlsMaterial, tunnels: Tunnels, stats: Arc<Stats>) -> Proxy {
+/// The upstream groups of `config`, with `tls` client configs for https ones.
+fn build_upstreams(config: &Config, tls: &TlsMaterial) -> Upstreams {
     let upstreams = config
         .upstreams
         .iter()
         .zip(&tls.upstreams)
         .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
         .collect();
-    Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels, stats)
+    Upstreams::new(upstreams)
 }
 
 /// What a WebSocket tunnel needs of `[drain]`.
@@ -224,8 +245,9 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
                 info!("reload: starting a new process with the listening sockets");
                 running.notifier.reloading();
                 let (fds, tx) = (running.listener_fds.clone(), reload_tx.clone());
+                let paused = running.upstreams.paused_list();
                 reloading = Some(tokio::spawn(async move {
-                    let _ = tx.send(program.spawn_successor(&fds).await).await;
+                    let _ = tx.send(program.spawn_successor(&fds, &paused).await).await;
                 }));
             }
             Some(result) = reload_rx.recv() => {

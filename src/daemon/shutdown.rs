@@ -7,7 +7,9 @@
 //!    drain should answer it;
 //! 4. [`wind_down`]: tell every connection and tunnel (phase `Draining`, or `HandedOver`);
 //! 5. [`wait_for_zero`]: until the last connection closes (exit 0), the deadline or a second
-//!    signal (exit 2). After a handover the first signal only moves on to `Draining`.
+//!    signal (exit 2). After a handover the first signal only moves on to `Draining`. At the
+//!    deadline, requests still held for a paused upstream are answered 503 before the cut
+//!    ([`answer_held`]).
 //!
 //! A second signal during step 2 or 5 ends the drain at once; the summary line is logged
 //! whatever the ending.
@@ -28,6 +30,7 @@ use crate::drain::{Drain, Phase};
 use crate::listener::Stop;
 use crate::stats::Stats;
 use crate::systemd::Notifier;
+use crate::upstream::Upstreams;
 use crate::websocket::Tunnels;
 
 /// How the daemon ended.
@@ -65,6 +68,8 @@ pub(super) struct Running {
     pub(super) stats: Arc<Stats>,
     /// The tunnels' shared close schedule, fitted to the time the deadline leaves.
     pub(super) tunnels: Tunnels,
+    /// Their held requests are answered at a handover or at the deadline.
+    pub(super) upstreams: Arc<Upstreams>,
     /// Tells the accept loops to stop; they end by closing their listeners.
     pub(super) stop: watch::Sender<Stop>,
     pub(super) accept_loops: Vec<JoinHandle<()>>,
@@ -87,7 +92,7 @@ struct Plan {
 
 /// Runs the drain after `trigger` and returns how it ended.
 pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stats, tunnels, stop, accept_loops, notifier, .. } = running;
+    let Running { config, drain, stats, tunnels, upstreams, stop, accept_loops, notifier, .. } = running;
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
     let plan = announce(trigger, &config.drain, notifier, &stats);
@@ -99,10 +104,13 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
             close_listeners(&stop, accept_loops, plan.stop).await;
             // Every tunnel's close handshake must fit before the deadline, after a grace too.
             tunnels.fit_closes_within(deadline.saturating_duration_since(Instant::now()));
-            wind_down(&drain, plan.handed_over);
+            wind_down(&drain, plan.handed_over, &upstreams);
             let reporter = tokio::spawn(status::report_drain(drain.watch(), plan.notifier, deadline));
             let outcome = wait_for_zero(&drain, signals, deadline, plan.handed_over).await;
             reporter.abort();
+            if outcome == Outcome::Cut {
+                answer_held(&upstreams).await;
+            }
             outcome
         }
     };
@@ -154,10 +162,13 @@ async fn close_listeners(
     }
 }
 
-/// Step 4: tells every connection and tunnel to wind down.
-fn wind_down(drain: &Drain, handed_over: bool) {
+/// Step 4: tells every connection and tunnel to wind down. After a handover, requests held
+/// here are answered 503 at once: the successor's admin API resumes the upstream, never
+/// this process's, and their clients find the upstream held alike at the successor.
+fn wind_down(drain: &Drain, handed_over: bool, upstreams: &Upstreams) {
     if handed_over {
         drain.hand_over();
+        upstreams.release_held();
     } else {
         drain.set_phase(Phase::Draining);
     }
@@ -193,6 +204,28 @@ async fn wait_for_zero(
     }
 }
 
+/// Before the cut: every request still held gets its 503, and the cut waits (at most
+/// [`HELD_ANSWER_WAIT`]) until each has been handed to its connection, then a moment for
+/// the bytes to be written.
+async fn answer_held(upstreams: &Upstreams) {
+    let held = upstreams.held();
+    upstreams.release_held();
+    if held == 0 {
+        return;
+    }
+    let give_up = Instant::now() + HELD_ANSWER_WAIT;
+    while upstreams.held() > 0 && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The 503 is in the connection's buffer once the request is no longer held; its task
+    // writes it on its next poll.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    info!(held, "held requests answered 503 at the deadline");
+}
+
+/// The longest the cut waits for held requests to get their 503.
+const HELD_ANSWER_WAIT: Duration = Duration::from_millis(500);
+
 fn cut_by_signal(signal: &str) -> Outcome {
     warn!(signal, "second signal; cutting every connection");
     Outcome::Cut
@@ -208,6 +241,7 @@ fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome) {
         drain.secs = took.as_secs_f64(),
         requests.completed = counts.completed_after_signal,
         requests.rejected = counts.requests_rejected,
+        requests.held_refused = counts.held_refused,
         tunnels.closed = counts.tunnels_closed,
         tunnels.cut = counts.tunnels_cut + cut(open.tunnels as u64),
         connections.cut = cut(open.open as u64),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 
-use crate::upstream::{BoxError, SendError};
+use crate::upstream::{BoxError, HoldError, SendError};
 
 /// Which side of the proxy a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,14 @@ pub enum ProxyError {
         /// The upstream's name.
         upstream: Arc<str>,
     },
+    /// The request was held (its upstream paused or restarting) and could wait no longer:
+    /// 503 with `Retry-After`, since nothing was sent and the client may simply retry.
+    Held {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// Why it could wait no longer.
+        why: HoldError,
+    },
     /// The upstream connection failed while the request was being sent or answered.
     Failed {
         /// The upstream's name.
@@ -65,7 +73,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Draining | ProxyError::Held { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::AmbiguousFraming => StatusCode::BAD_REQUEST,
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::OriginRefused => StatusCode::FORBIDDEN,
@@ -85,7 +93,7 @@ impl ProxyError {
             | ProxyError::OriginRefused
             | ProxyError::BadHost(_)
             | ProxyError::ClientAborted { .. } => Side::Downstream,
-            ProxyError::Draining => Side::Internal,
+            ProxyError::Draining | ProxyError::Held { .. } => Side::Internal,
             ProxyError::Unavailable { .. } | ProxyError::Timeout { .. } | ProxyError::Failed { .. } => {
                 Side::Upstream
             }
@@ -110,6 +118,9 @@ impl ProxyError {
                 format!("upstream \"{upstream}\" is unavailable\n")
             }
             ProxyError::Timeout { upstream } => format!("upstream \"{upstream}\" timed out\n"),
+            ProxyError::Held { upstream, .. } => {
+                format!("upstream \"{upstream}\" is restarting, retry later\n")
+            }
         }
     }
 
@@ -120,6 +131,8 @@ impl ProxyError {
             SendError::Unavailable => ProxyError::Unavailable { upstream },
             SendError::Upstream(source) => ProxyError::Failed { upstream, source: source.into() },
             SendError::ClientAborted(source) => ProxyError::ClientAborted { source },
+            SendError::Timeout => ProxyError::Timeout { upstream },
+            SendError::Held(why) => ProxyError::Held { upstream, why },
         }
     }
 
@@ -128,6 +141,7 @@ impl ProxyError {
         match self {
             ProxyError::Unavailable { upstream }
             | ProxyError::Timeout { upstream }
+            | ProxyError::Held { upstream, .. }
             | ProxyError::Failed { upstream, .. } => Some(upstream),
             _ => None,
         }
@@ -157,6 +171,7 @@ impl fmt::Display for ProxyError {
             ProxyError::Failed { upstream, .. } => {
                 write!(f, "upstream \"{upstream}\": request failed")
             }
+            ProxyError::Held { upstream, why } => write!(f, "upstream \"{upstream}\": {why}"),
         }
     }
 }

@@ -38,7 +38,7 @@ use io::InFlight;
 use crate::config::{Forwarding, RouteConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::stats::Stats;
-use crate::upstream::{SendError, UpgradeAnswer, Upstream};
+use crate::upstream::{HoldError, UpgradeAnswer, Upstream, Upstreams};
 use crate::websocket::{Handoff, Tunnels};
 use body::AccessRecord;
 use route::Routes;
@@ -47,7 +47,7 @@ use route::Routes;
 #[derive(Debug)]
 pub struct Proxy {
     routes: Routes,
-    upstreams: Vec<Upstream>,
+    upstreams: Arc<Upstreams>,
     /// `Retry-After` of 503 answers, in whole seconds (RFC 9110 §10.2.3).
     retry_after: HeaderValue,
     /// Starts a tunnel at each `101`.
@@ -64,7 +64,7 @@ impl Proxy {
     /// connections to `tunnels`.
     pub fn new(
         routes: Vec<RouteConfig>,
-        upstreams: Vec<Upstream>,
+        upstreams: Arc<Upstreams>,
         retry_after: Duration,
         tunnels: Tunnels,
         stats: Arc<Stats>,
@@ -156,6 +156,9 @@ async fn handle(
         Ok((resp, upstream)) => (resp, Some(upstream)),
         Err(e) => {
             log_error(&e, conn.peer);
+            if matches!(e, ProxyError::Held { why: HoldError::Released, .. }) {
+                proxy.stats.held_refused();
+            }
             let upstream = e.upstream().cloned();
             (error_response(&e, &proxy.retry_after), upstream)
         }
@@ -210,7 +213,7 @@ async fn forward(
         .routes
         .find(host.as_ref().and_then(|h| h.to_str().ok()), req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
-    let upstream = &proxy.upstreams[route.upstream];
+    let upstream = proxy.upstreams.get(route.upstream);
 
     if headers::wants_upgrade(&req) {
         // Only the protocols the route allows; with none left, an ordinary request.
@@ -226,7 +229,7 @@ async fn forward(
         }
     }
     rewrite_request(&mut req, conn, host, false, route.forwarding);
-    let mut resp = within_timeout(upstream, upstream.send(req)).await?;
+    let mut resp = upstream.send(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
     rewrite_response(&mut resp);
     Ok((resp.map(ResponseBody::upstream), upstream.name.clone()))
 }
@@ -243,7 +246,8 @@ async fn forward_upgrade(
 ) -> Result<Forwarded, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true, forwarding);
-    let (mut resp, switched) = match within_timeout(upstream, upstream.send_upgrade(req)).await? {
+    let answer = upstream.send_upgrade(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
+    let (mut resp, switched) = match answer {
         UpgradeAnswer::Switched(resp, switched) => (resp, switched),
         UpgradeAnswer::Refused(mut resp) => {
             rewrite_response(&mut resp);
@@ -269,20 +273,10 @@ async fn forward_upgrade(
         websocket: headers::is_websocket(resp.headers()),
         guard: conn.drain.tunnel_guard(conn.guard.clone()),
         peer: conn.peer,
+        restarts: switched.restarts,
     };
     proxy.tunnels.spawn(handoff, conn.drain.clone());
     Ok((resp.map(|()| ResponseBody::empty()), upstream.name.clone()))
-}
-
-/// `sending` bounded by the upstream's `timeout` for response headers (504 past it).
-async fn within_timeout<T>(
-    upstream: &Upstream,
-    sending: impl Future<Output = Result<T, SendError>>,
-) -> Result<T, ProxyError> {
-    match tokio::time::timeout(upstream.timeout, sending).await {
-        Ok(sent) => sent.map_err(|e| ProxyError::from_send(e, &upstream.name)),
-        Err(_) => Err(ProxyError::Timeout { upstream: upstream.name.clone() }),
-    }
 }
 
 /// Turns an upstream's (non-101) response into what the client gets.

@@ -7,7 +7,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,7 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::conn::Conn;
 use super::error::SendError;
 use super::framing::{decode_chunked, BodyFraming, Decoded};
-use super::pool::Target;
+use super::pool::Lease;
 use super::upload::Unsent;
 
 /// A response body read from an upstream connection.
@@ -30,7 +29,8 @@ pub struct UpstreamBody {
     /// What is left of the request to send, if the upstream answered before it had it all
     /// (boxed: rare, and every response carries this field).
     upload: Option<Box<dyn Unsent>>,
-    target: Arc<Target>,
+    /// The address the connection goes back to; counts the request in flight until dropped.
+    target: Lease,
 }
 
 impl UpstreamBody {
@@ -40,7 +40,7 @@ impl UpstreamBody {
         framing: BodyFraming,
         keep_alive: bool,
         upload: Option<Box<dyn Unsent>>,
-        target: Arc<Target>,
+        target: Lease,
     ) -> Self {
         UpstreamBody { conn: Some(conn), framing, keep_alive, upload, target }
     }

@@ -10,7 +10,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
@@ -20,7 +19,7 @@ use super::conn::{Conn, Switched};
 use super::error::SendError;
 use super::framing::invalid;
 use super::head::{encode_head, parse_head, Asked, ResponseHead, MAX_HEAD_BYTES};
-use super::pool::Target;
+use super::pool::Lease;
 use super::upload::{RequestBody, Upload};
 
 /// What became of one exchange.
@@ -95,7 +94,7 @@ impl<B: RequestBody> Exchange<B> {
     }
 
     /// What the exchange came to, once the head is in.
-    fn finish(self, target: Arc<Target>) -> Result<Exchanged<B>, SendError> {
+    fn finish(self, lease: Lease) -> Result<Exchanged<B>, SendError> {
         let head = self.head.expect("finished only once the head is in");
         if head.response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // Written whole is enough: the tunnel's writes flush what TLS still holds.
@@ -103,12 +102,12 @@ impl<B: RequestBody> Exchange<B> {
                 let why = "101 before the request was sent whole";
                 return Err(SendError::Upstream(self.write_error.unwrap_or_else(|| invalid(why))));
             }
-            return Ok(Exchanged::Switched(head.response, self.conn.into_switched()));
+            return Ok(Exchanged::Switched(head.response, self.conn.into_switched(lease)));
         }
         // An upgrade request has a connection of its own, which an answer other than 101 ends.
         let keep_alive = head.keep_alive && !self.upload.failed && !self.asked.upgrade;
         let upload = Some(self.upload).filter(|u| !u.finished()).map(|u| Box::new(u) as Box<_>);
-        let body = UpstreamBody::new(self.conn, head.framing, keep_alive, upload, target);
+        let body = UpstreamBody::new(self.conn, head.framing, keep_alive, upload, lease);
         let (parts, ()) = head.response.into_parts();
         Ok(Exchanged::Answered(Response::from_parts(parts, body)))
     }
@@ -132,24 +131,25 @@ impl<B: RequestBody> Exchange<B> {
     }
 }
 
-/// Sends `req` on `conn` and reads the response head. `target` takes the connection back
-/// once the response body has been read whole, if the connection can carry another request.
+/// Sends `req` on `conn` and reads the response head. `lease`'s address takes the connection
+/// back once the response body has been read whole, if the connection can carry another
+/// request; the request counts as in flight to it until then.
 /// `upgrade`: the request asks to switch protocols, so a `101` is a good answer. A failure
 /// that may be retried elsewhere gives the request back as [`Exchanged::NotSent`].
 pub fn exchange<B: RequestBody>(
     conn: Conn,
     req: Request<B>,
-    target: Arc<Target>,
+    lease: Lease,
     upgrade: bool,
 ) -> Exchanging<B> {
-    Exchanging { exchange: Some(Exchange::new(conn, req, upgrade)), target: Some(target) }
+    Exchanging { exchange: Some(Exchange::new(conn, req, upgrade)), lease: Some(lease) }
 }
 
 /// The future of [`exchange`]: written by hand so that it holds the exchange once (an async
 /// fn would also keep its arguments), since it sits inside every request's future.
 pub struct Exchanging<B> {
     exchange: Option<Exchange<B>>,
-    target: Option<Arc<Target>>,
+    lease: Option<Lease>,
 }
 
 impl<B: RequestBody> std::future::Future for Exchanging<B> {
@@ -161,7 +161,7 @@ impl<B: RequestBody> std::future::Future for Exchanging<B> {
         let result = std::task::ready!(polled);
         let exchange = this.exchange.take().expect("present until completion");
         Poll::Ready(match result {
-            Ok(()) => exchange.finish(this.target.take().expect("taken once")),
+            Ok(()) => exchange.finish(this.lease.take().expect("taken once")),
             Err(e) if exchange.retryable(&e) => {
                 Ok(Exchanged::NotSent(Request::from_parts(exchange.parts, exchange.upload.body)))
             }

@@ -16,7 +16,8 @@
 //! - [`framing`]: response body framing (RFC 9112 §6.3) and the chunked decoder;
 //! - [`upload`]: the request body, streamed while the response may already come;
 //! - [`exchange`]: one request and its response head on one connection;
-//! - [`body`]: the response body, read straight from the connection.
+//! - [`body`]: the response body, read straight from the connection;
+//! - [`hold`]: requests waiting for a paused or unreachable upstream.
 //!
 //! # Why a hand-written client
 //! hyper's client runs each connection as a task of its own behind a request channel, a
@@ -41,21 +42,31 @@
 //! in httparse) and its read buffer re-allocated per response. That is far outside the 5 %
 //! within which a well-kept library would win, so the client stays (DESIGN.md, Dependencies).
 //!
+//! # Pause, hold and resume
+//! Each request takes a [`pool::Lease`] on the address it is about to use, then loads one
+//! flag ([`hold::Gate`]'s `attention`); only when something is paused does it look further.
+//! A paused address is skipped; when every address is paused, or none accepts a connection
+//! and `connect_retry` allows, the request waits ([`hold`]). [`control`] is the admin side:
+//! pause, resume, and the state `GET /upstreams` shows.
+//!
 //! What it deliberately does not do: pipelining; forwarding trailers or interim `1xx`
 //! answers; HTTP/1.0 keep-alive requests (requests always go out as HTTP/1.1).
 
 mod body;
 mod conn;
 mod connect;
+mod control;
 mod error;
 mod exchange;
 mod framing;
 mod head;
+mod hold;
 mod pool;
 #[cfg(test)]
 mod tests;
 mod upload;
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -67,15 +78,17 @@ use tokio_rustls::TlsConnector;
 use tracing::warn;
 
 pub use body::UpstreamBody;
-pub use conn::Switched;
+pub use conn::{Switched, SwitchedIo};
 pub use connect::UpstreamIo;
-pub use error::{BoxError, SendError};
+pub use control::{AddrStatus, PauseError, UpstreamStatus, Upstreams};
+pub use error::{BoxError, HoldError, SendError};
 pub use upload::RequestBody;
 
 use conn::Conn;
 use connect::connect_io;
 use exchange::{exchange, Exchanged};
-use pool::Target;
+use hold::{Blocked, Gate, Waiting};
+use pool::{Lease, Target};
 
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::{self, UpstreamTls};
@@ -89,7 +102,9 @@ pub struct Upstream {
     next: AtomicUsize,
     connect_timeout: Duration,
     /// Time allowed for response headers.
-    pub timeout: Duration,
+    timeout: Duration,
+    /// Pause state and held requests.
+    gate: Gate,
 }
 
 /// The upstream's answer to an upgrade request.
@@ -99,6 +114,13 @@ pub enum UpgradeAnswer {
     Switched(Response<()>, Switched),
     /// Any other answer: an ordinary response.
     Refused(Response<UpstreamBody>),
+}
+
+/// One try at every address: what came of it, or the request back (boxed: rare, and it
+/// would make every answer that large) with why it could not go.
+enum Attempt<T, B> {
+    Done(T),
+    Blocked(Box<Request<B>>, Blocked),
 }
 
 impl Upstream {
@@ -118,20 +140,71 @@ impl Upstream {
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
+            gate: Gate::new(config.hold),
         }
     }
 
     /// Sends `req` (which asks for no upgrade) to the next address in turn, failing over as
-    /// described in the module doc. The response body gives the connection back to its pool
-    /// once it has been read whole.
-    pub async fn send<B: RequestBody>(
+    /// described in the module doc, and holding it while the upstream is paused or
+    /// unreachable. The response body gives the connection back to its pool once it has been
+    /// read whole.
+    ///
+    /// # Errors
+    /// [`SendError::Timeout`] when no response head came within `timeout` (of the last try);
+    /// [`SendError::Held`] when a held request could wait no longer; the others as they say.
+    pub async fn send<B: RequestBody>(&self, req: Request<B>) -> Result<Response<UpstreamBody>, SendError> {
+        self.with_hold(req, |req| self.try_send(req)).await
+    }
+
+    /// Sends an upgrade request (WebSocket) on a new connection of its own, failing over to
+    /// the next address while connecting fails, and held as [`Upstream::send`] is.
+    pub async fn send_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<UpgradeAnswer, SendError> {
+        self.with_hold(req, |req| self.try_upgrade(req)).await
+    }
+
+    /// Runs `attempt` (bounded by `timeout`) until it is done, holding the request between
+    /// tries while it is blocked.
+    async fn with_hold<B, T, F>(
         &self,
         mut req: Request<B>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        attempt: impl Fn(Request<B>) -> F,
+    ) -> Result<T, SendError>
+    where
+        F: Future<Output = Result<Attempt<T, B>, SendError>>,
+    {
+        let mut waiting = None;
+        loop {
+            let tried = match tokio::time::timeout(self.timeout, attempt(req)).await {
+                Ok(tried) => tried?,
+                Err(_) => return Err(SendError::Timeout),
+            };
+            let blocked = match tried {
+                Attempt::Done(done) => return Ok(done),
+                Attempt::Blocked(back, blocked) => {
+                    req = *back;
+                    blocked
+                }
+            };
+            // Boxed: rare, and it would enlarge every request's future.
+            let waiting: &mut Waiting = waiting.get_or_insert_with(Box::default);
+            Box::pin(waiting.wait(&self.gate, &self.name, blocked, || self.all_paused())).await?;
+        }
+    }
+
+    /// One try at every address for an ordinary request.
+    async fn try_send<B: RequestBody>(
+        &self,
+        mut req: Request<B>,
+    ) -> Result<Attempt<Response<UpstreamBody>, B>, SendError> {
+        let mut paused = 0;
         for target in self.in_turn() {
             // Idle connections first, then a new one; one await of the exchange keeps the
             // future (part of every request's) small.
             loop {
+                let Some(lease) = self.admit(target) else {
+                    paused += 1;
+                    break;
+                };
                 let (conn, fresh) = match target.take_idle() {
                     Some(mut idle) => {
                         if !idle.is_alive() {
@@ -144,8 +217,8 @@ impl Upstream {
                         None => break,
                     },
                 };
-                match exchange(conn, req, target.clone(), false).await? {
-                    Exchanged::Answered(resp) => return Ok(resp),
+                match exchange(conn, req, lease, false).await? {
+                    Exchanged::Answered(resp) => return Ok(Attempt::Done(resp)),
                     Exchanged::NotSent(back) => req = back,
                     // The head parser refuses a 101 nobody asked for; should one slip through,
                     // the connection speaks something else now.
@@ -158,22 +231,49 @@ impl Upstream {
                 }
             }
         }
-        Err(SendError::Unavailable)
+        Ok(Attempt::Blocked(Box::new(req), self.blocked_by(paused)))
     }
 
-    /// Sends an upgrade request (WebSocket) on a new connection of its own, failing over to
-    /// the next address while connecting fails.
-    pub async fn send_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<UpgradeAnswer, SendError> {
+    /// One try at every address for an upgrade request, each on a new connection.
+    async fn try_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<Attempt<UpgradeAnswer, B>, SendError> {
+        let mut paused = 0;
         for target in self.in_turn() {
+            let Some(lease) = self.admit(target) else {
+                paused += 1;
+                continue;
+            };
             let Some(io) = self.connect(target).await else { continue };
-            return match exchange(Conn::new(io), req, target.clone(), true).await? {
-                Exchanged::Switched(head, io) => Ok(UpgradeAnswer::Switched(head, io)),
-                Exchanged::Answered(resp) => Ok(UpgradeAnswer::Refused(resp)),
+            return match exchange(Conn::new(io), req, lease, true).await? {
+                Exchanged::Switched(head, io) => Ok(Attempt::Done(UpgradeAnswer::Switched(head, io))),
+                Exchanged::Answered(resp) => Ok(Attempt::Done(UpgradeAnswer::Refused(resp))),
                 // Only a reused connection hands a request back; a new one closed unanswered.
                 Exchanged::NotSent(_) => Err(SendError::Upstream(io::ErrorKind::UnexpectedEof.into())),
             };
         }
-        Err(SendError::Unavailable)
+        Ok(Attempt::Blocked(Box::new(req), self.blocked_by(paused)))
+    }
+
+    /// Why no address took a request, `paused` of them being paused.
+    fn blocked_by(&self, paused: usize) -> Blocked {
+        if paused == self.targets.len() {
+            Blocked::Paused
+        } else {
+            Blocked::Unreachable
+        }
+    }
+
+    /// A lease on `target` if a request may use it now; `None` if it (or the whole upstream)
+    /// is paused. The lease is counted *before* the flags are read, and a pause sets its
+    /// flag before it reads the counts (both sequentially consistent): either the request
+    /// sees the pause, or the pause waits for the request.
+    fn admit(&self, target: &Arc<Target>) -> Option<Lease> {
+        let lease = Lease::take(target);
+        if self.gate.attention.load(Ordering::SeqCst)
+            && (self.gate.paused.load(Ordering::SeqCst) || target.paused.load(Ordering::SeqCst))
+        {
+            return None;
+        }
+        Some(lease)
     }
 
     /// Every address once, starting at the next in round-robin order.
@@ -197,6 +297,7 @@ impl Upstream {
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
         warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %error, "upstream connect failed");
+        target.note_connect_error(&error);
         None
     }
 }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tracing::debug;
 
 pub use close::{CloseSettings, CloseSpread, SpreadMember};
@@ -50,6 +51,10 @@ pub struct Handoff<U> {
     pub guard: TunnelGuard,
     /// The client's address, for log lines.
     pub peer: SocketAddr,
+    /// Changes when the upstream is paused for a restart: the tunnel then closes with 1012
+    /// Service Restart (RFC 6455 §7.4, IANA registry), so its client reconnects once the
+    /// backend is back, rather than losing the connection when it dies.
+    pub restarts: watch::Receiver<()>,
 }
 
 impl Tunnels {
@@ -71,7 +76,7 @@ impl Tunnels {
     where
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Handoff { client, upstream, upstream_first, websocket, guard, peer } = handoff;
+        let Handoff { client, upstream, upstream_first, websocket, guard, peer, restarts } = handoff;
         let member = websocket.then(|| self.spread.join());
         let tunnels = self.clone();
         tokio::spawn(async move {
@@ -82,7 +87,7 @@ impl Tunnels {
             let settings = tunnels.settings.clone();
             let tunnel =
                 tunnel::Tunnel::new(TokioIo::new(client), upstream, upstream_first, websocket, settings);
-            tunnel.run(drain, &tunnels.spread, &tunnels.stats).await;
+            tunnel.run(drain, restarts, &tunnels.spread, &tunnels.stats).await;
             drop((member, guard));
             debug!(client.addr = %peer, "tunnel closed");
         });

@@ -13,6 +13,9 @@
 //!    since the upstream's Close started at one — waits for the client's Close, and closes
 //!    both connections.
 //!
+//! A pause of the tunnel's upstream (a backend about to restart) closes it the same way, at
+//! once and with 1012 Service Restart, whatever the drain's close code.
+//!
 //! Each wait is bounded by `close_timeout`; the daemon's deadline bounds everything. A tunnel
 //! whose peers already exchange Close frames, a raw (non-WebSocket) tunnel, and a stream that
 //! turned out not to be WebSocket are simply relayed until they end or the deadline cuts them.
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 use tracing::debug;
 
@@ -35,6 +39,13 @@ use crate::stats::Stats;
 
 /// How long a drain waits for a message boundary before settling for a frame boundary.
 pub const MESSAGE_BOUNDARY_WAIT: Duration = Duration::from_millis(500);
+
+/// The close code of a tunnel closed because its upstream is paused for a restart: 1012
+/// Service Restart (IANA WebSocket Close Code Number registry).
+pub const SERVICE_RESTART: u16 = 1012;
+
+/// The close reason sent with [`SERVICE_RESTART`].
+const SERVICE_RESTART_REASON: &str = "service restart";
 
 /// Which direction an event came from.
 #[derive(Debug)]
@@ -65,6 +76,9 @@ pub struct Tunnel<C, U> {
     down: Pipe,
     websocket: bool,
     settings: Arc<CloseSettings>,
+    /// The close code and reason this tunnel's close handshake sends: the drain's, or
+    /// [`SERVICE_RESTART`]'s when its upstream is paused.
+    closing: (u16, Arc<str>),
 }
 
 impl<C, U> Tunnel<C, U>
@@ -83,23 +97,38 @@ where
     ) -> Self {
         let mut down = Pipe::new(websocket);
         down.read_first(upstream_first);
-        Tunnel { client, upstream, up: Pipe::new(websocket), down, websocket, settings }
+        let closing = (settings.code, settings.reason.as_str().into());
+        Tunnel { client, upstream, up: Pipe::new(websocket), down, websocket, settings, closing }
     }
 
     /// Relays until the tunnel ends; on drain (or a handover), closes it as the module doc
-    /// describes, starting at its slot of `spread`. How it ended is counted in `stats`.
-    pub async fn run(mut self, mut drain: DrainWatch, spread: &CloseSpread, stats: &Stats) {
+    /// describes, starting at its slot of `spread`; when `restarts` changes (its upstream is
+    /// paused), closes it at once with 1012. How a drain ended it is counted in `stats`.
+    pub async fn run(
+        mut self,
+        mut drain: DrainWatch,
+        mut restarts: watch::Receiver<()>,
+        spread: &CloseSpread,
+        stats: &Stats,
+    ) {
         let end = tokio::select! {
             end = self.relay_until_closed() => end,
             // Boxed: an idle tunnel's task should not reserve room for the close sequence.
-            _ = drain.winding_down() => Box::pin(self.close_on_drain(spread)).await,
+            _ = drain.winding_down() => Box::pin(self.close_on_drain(spread.close_delay())).await,
+            Ok(()) = restarts.changed() => {
+                debug!("tunnel close: upstream paused for a restart");
+                self.closing = (SERVICE_RESTART, SERVICE_RESTART_REASON.into());
+                Box::pin(self.close_on_drain(Duration::ZERO)).await
+            }
         };
+        let for_drain = drain.phase().is_winding_down();
         match end {
-            End::Handshake => stats.tunnel_closed(),
+            End::Handshake if for_drain => stats.tunnel_closed(),
+            End::Handshake => {}
             End::Closed => {}
             End::Cut(why) => {
                 debug!(why, "tunnel cut");
-                if drain.phase().is_winding_down() {
+                if for_drain {
                     stats.tunnel_cut();
                 }
             }
@@ -187,14 +216,15 @@ where
         }
     }
 
-    async fn close_on_drain(&mut self, spread: &CloseSpread) -> End {
+    /// The close handshake, after `delay` (this tunnel's slot of the close spread).
+    async fn close_on_drain(&mut self, delay: Duration) -> End {
         let frames_ok = self.websocket && self.up.follows_frames() && self.down.follows_frames();
         if !frames_ok || self.up.close_seen || self.down.close_seen {
             // Raw, not WebSocket after all, or already closing by itself: relay to the end.
             debug!(frames_ok, "tunnel close: relaying to the end");
             return self.relay_while_winding_down().await;
         }
-        let start = Instant::now() + spread.close_delay();
+        let start = Instant::now() + delay;
         if let Some(end) = self.relay_until(start).await {
             return end;
         }
@@ -236,7 +266,7 @@ where
             return Err(self.relay_while_winding_down().await);
         }
         let mask = fastrand::u32(..).to_ne_bytes();
-        self.up.inject(close_frame(self.settings.code, &self.settings.reason, Some(mask)));
+        self.up.inject(close_frame(self.closing.0, &self.closing.1, Some(mask)));
         self.up.mode = Mode::DiscardUntilClose;
         self.down.mode = Mode::HoldBeforeClose;
         self.wait_for(Dir::Up, give_up, |e| matches!(e, Event::Injected), "upstream not writable").await
@@ -270,7 +300,7 @@ where
     /// Step 3: the Close to the client, then its answer.
     async fn close_client(&mut self) -> End {
         let give_up = Instant::now() + self.settings.timeout;
-        self.down.inject(close_frame(self.settings.code, &self.settings.reason, None));
+        self.down.inject(close_frame(self.closing.0, &self.closing.1, None));
         if let Err(end) =
             self.wait_for(Dir::Down, give_up, |e| matches!(e, Event::Injected), "client not writable").await
         {

@@ -70,7 +70,7 @@ const UPGRADE_WIRE: &[u8] =
 /// and the target whose pool the connection would go back to.
 async fn exchange_upgrade(script: &mut Script) -> (Exchanged<Empty<Bytes>>, Arc<Target>) {
     let target = target();
-    let exchanged = within(exchange(script.conn(), upgrade_request(), target.clone(), true)).await;
+    let exchanged = within(exchange(script.conn(), upgrade_request(), Lease::take(&target), true)).await;
     (exchanged.expect("the upgrade exchange fails"), target)
 }
 
@@ -169,7 +169,7 @@ async fn a_get_on_a_reused_connection_closed_before_any_answer_comes_back_unsent
     let reset = ("reset on write", Script::new().write_fails(io::ErrorKind::ConnectionReset).reused_conn());
     for (label, conn) in [closed, reset] {
         let target = target();
-        match within(exchange(conn, request().unwrap(), target.clone(), false)).await {
+        match within(exchange(conn, request().unwrap(), Lease::take(&target), false)).await {
             Ok(Exchanged::NotSent(back)) => {
                 assert_eq!((back.method(), back.uri().path()), (&Method::GET, "/again"), "{label}");
                 assert_eq!(back.headers()["x-request-id"], "9", "{label}");
@@ -192,7 +192,7 @@ async fn a_get_with_content_length_0_on_a_reused_connection_closed_before_any_an
         .header("content-length", "0")
         .body(Empty::<Bytes>::new());
 
-    match within(exchange(conn, req.unwrap(), target.clone(), false)).await {
+    match within(exchange(conn, req.unwrap(), Lease::take(&target), false)).await {
         Ok(Exchanged::NotSent(back)) => assert_eq!(back.headers()["content-length"], "0"),
         Ok(_) => panic!("an answer or a switch from a closed connection"),
         Err(e) => panic!("an empty body is no reason not to resend: {e:?}"),

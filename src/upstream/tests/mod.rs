@@ -38,7 +38,7 @@ use tokio_test::io::{Builder, Mock};
 use super::conn::Conn;
 use super::connect::UpstreamIo;
 use super::exchange::{exchange, Exchanged};
-use super::pool::Target;
+use super::pool::{Lease, Target};
 use super::{RequestBody, SendError, UpstreamBody};
 use crate::config::UpstreamAddr;
 
@@ -188,7 +188,7 @@ fn after(bytes: &[u8], needle: &[u8]) -> usize {
 
 /// The response the exchange of `req` on `conn` gives; any other outcome fails the test.
 async fn answer<B: RequestBody>(conn: Conn, req: Request<B>, target: &Arc<Target>) -> Response<UpstreamBody> {
-    match within(exchange(conn, req, target.clone(), false)).await {
+    match within(exchange(conn, req, Lease::take(target), false)).await {
         Ok(Exchanged::Answered(resp)) => resp,
         Ok(Exchanged::Switched(head, _)) => panic!("switched protocols: {head:?}"),
         Ok(Exchanged::NotSent(_)) => panic!("the request came back unsent"),
@@ -203,7 +203,7 @@ async fn failure<B: RequestBody>(
     target: &Arc<Target>,
     upgrade: bool,
 ) -> SendError {
-    match within(exchange(conn, req, target.clone(), upgrade)).await {
+    match within(exchange(conn, req, Lease::take(target), upgrade)).await {
         Ok(Exchanged::Answered(resp)) => panic!("answered: {resp:?}"),
         Ok(Exchanged::Switched(head, _)) => panic!("switched protocols: {head:?}"),
         Ok(Exchanged::NotSent(_)) => panic!("the request came back unsent"),

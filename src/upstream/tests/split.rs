@@ -81,7 +81,7 @@ proptest! {
         runtime.block_on(async {
             let target = target();
             let conn = Script::new().accepts(request, &writes[..writes.len() - 1]).answers(&cut(wire, &read_cuts)).conn();
-            let resp = match within(exchange(conn, get("/p"), target.clone(), false)).await {
+            let resp = match within(exchange(conn, get("/p"), Lease::take(&target), false)).await {
                 Ok(Exchanged::Answered(resp)) => resp,
                 Ok(_) => panic!("a 200 is an answer"),
                 Err(e) => {

@@ -1,0 +1,205 @@
+//! Holding requests instead of failing them: while their upstream is paused (admin API), and
+//! while every address refuses connections (a backend restarting, `connect_retry`).
+//!
+//! A held request has sent nothing yet: it keeps its client's body unread in the client's
+//! socket, so holding costs no memory per byte. Requests held for a pause queue in arrival
+//! order and go out oldest first when the upstream resumes; requests waiting to reconnect
+//! retry on a capped, jittered back-off. Both kinds count against `max_held`, and both are
+//! answered (503) when the daemon's drain deadline comes ([`Gate::release`]).
+//!
+//! The fast path is one load: [`Gate::attention`] is false unless something is paused.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::error::{HoldError, SendError};
+use crate::config::HoldConfig;
+
+/// The first pause between connect retries; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest pause between connect retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The pause state of one upstream and its queue of held requests.
+#[derive(Debug)]
+pub(super) struct Gate {
+    /// Set while the upstream or any of its addresses is paused: the one atomic load a
+    /// request that is not held pays for this feature.
+    pub(super) attention: AtomicBool,
+    /// The whole upstream is paused (changed only under `queue`'s lock).
+    pub(super) paused: AtomicBool,
+    /// Held requests, paused or retrying.
+    held: AtomicUsize,
+    pub(super) queue: Mutex<Queue>,
+    /// Becomes true at the drain deadline: every held request gives up.
+    released: watch::Sender<bool>,
+    pub(super) settings: HoldConfig,
+}
+
+/// What the gate's lock guards.
+#[derive(Debug, Default)]
+pub(super) struct Queue {
+    /// Requests waiting for a resume, oldest first.
+    waiters: VecDeque<oneshot::Sender<()>>,
+    /// Bumped by every pause and resume: a scheduled `expire` resumes only if nothing
+    /// changed the pause since.
+    pub(super) generation: u64,
+    /// The drain deadline came: nothing is held any more.
+    released: bool,
+}
+
+/// Why a request could not go out on any address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blocked {
+    /// Every address is paused.
+    Paused,
+    /// No address accepted a connection.
+    Unreachable,
+}
+
+impl Gate {
+    pub(super) fn new(settings: HoldConfig) -> Self {
+        Gate {
+            attention: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            queue: Mutex::new(Queue::default()),
+            released: watch::Sender::new(false),
+            settings,
+        }
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().expect("the gate's lock is never held across a panic")
+    }
+
+    /// Requests held now.
+    pub(super) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Answers every held request (503) and holds nothing from now on: the drain deadline.
+    pub(super) fn release(&self) {
+        let mut queue = self.lock();
+        queue.released = true;
+        queue.waiters.clear();
+        self.released.send_replace(true);
+    }
+
+    /// Sends the held requests on, oldest first; called under the lock once an address
+    /// serves again.
+    pub(super) fn wake_all(queue: &mut Queue) {
+        for waiter in queue.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// A place in the queue, or `None` when `all_paused` is false by now (resumed meanwhile).
+    fn enqueue(&self, all_paused: impl FnOnce() -> bool) -> Result<Option<oneshot::Receiver<()>>, HoldError> {
+        let mut queue = self.lock();
+        if queue.released {
+            return Err(HoldError::Released);
+        }
+        if !all_paused() {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        queue.waiters.push_back(tx);
+        Ok(Some(rx))
+    }
+
+    /// Counts one more held request, unless `max_held` are held already.
+    fn hold_one(&self) -> Result<HeldGuard<'_>, HoldError> {
+        if self.held.fetch_add(1, Ordering::Relaxed) >= self.settings.max_held {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return Err(HoldError::Full);
+        }
+        Ok(HeldGuard(self))
+    }
+}
+
+/// One held request in [`Gate::held`].
+struct HeldGuard<'a>(&'a Gate);
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request's waiting, across however many times it is held: the `hold` and
+/// `connect_retry` bounds run from its first wait of each kind.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    hold_until: Option<Instant>,
+    retry_until: Option<Instant>,
+    backoff: Option<Duration>,
+}
+
+impl Waiting {
+    /// Waits until the request may be tried again, or says why it may not.
+    ///
+    /// # Errors
+    /// - [`SendError::Unavailable`] when no address accepted within `connect_retry`;
+    /// - [`SendError::Held`] when `max_held` are held already, `hold` passed while paused, or
+    ///   the drain deadline came.
+    pub(super) async fn wait(
+        &mut self,
+        gate: &Gate,
+        upstream: &str,
+        blocked: Blocked,
+        all_paused: impl FnOnce() -> bool,
+    ) -> Result<(), SendError> {
+        let now = Instant::now();
+        if blocked == Blocked::Unreachable {
+            let until = *self.retry_until.get_or_insert(now + gate.settings.connect_retry);
+            if now >= until {
+                return Err(SendError::Unavailable);
+            }
+        }
+        let _held = gate.hold_one().inspect_err(|_| {
+            warn!(upstream.name = upstream, max_held = gate.settings.max_held, "hold queue full; 503");
+        })?;
+        match blocked {
+            Blocked::Paused => self.until_resumed(gate, upstream, now, all_paused).await,
+            Blocked::Unreachable => self.before_retry(gate, now).await,
+        }
+    }
+
+    async fn until_resumed(
+        &mut self,
+        gate: &Gate,
+        upstream: &str,
+        now: Instant,
+        all_paused: impl FnOnce() -> bool,
+    ) -> Result<(), SendError> {
+        let until = *self.hold_until.get_or_insert(now + gate.settings.hold);
+        let Some(resumed) = gate.enqueue(all_paused)? else { return Ok(()) };
+        tokio::select! {
+            resumed = resumed => resumed.map_err(|_| SendError::Held(HoldError::Released)),
+            _ = tokio::time::sleep_until(until) => {
+                warn!(upstream.name = upstream, hold_secs = gate.settings.hold.as_secs_f64(), "held request timed out; 503");
+                Err(SendError::Held(HoldError::TimedOut))
+            }
+        }
+    }
+
+    async fn before_retry(&mut self, gate: &Gate, now: Instant) -> Result<(), SendError> {
+        let until = self.retry_until.expect("set by wait");
+        let backoff = self.backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+        self.backoff = Some(backoff);
+        // Full jitter in [backoff/2, backoff]: clients held together do not retry in step.
+        let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
+        let mut released = gate.released.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep_until((now + pause).min(until)) => Ok(()),
+            _ = released.wait_for(|released| *released) => Err(SendError::Held(HoldError::Released)),
+        }
+    }
+}
