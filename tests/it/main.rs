@@ -5,6 +5,8 @@
 mod bad_input;
 mod drain;
 mod harness;
+mod hold;
+mod pause;
 mod proxy;
 mod systemd;
 mod tls;

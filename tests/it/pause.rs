@@ -1,0 +1,1 @@
+//! Backend deploys under load: pause, kill, restart, resume (real backend processes).
