@@ -149,12 +149,14 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
         return not_allowed("POST");
     }
     if !authorized(admin.token.as_deref(), req) {
-        let mut resp = json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "missing or wrong bearer token" }));
+        let mut resp =
+            json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "missing or wrong bearer token" }));
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     }
     let Some(upstream) = admin.upstreams.by_name(name) else {
-        let body = json!({ "error": format!("unknown upstream {name:?}"), "upstreams": admin.upstreams.names() });
+        let body =
+            json!({ "error": format!("unknown upstream {name:?}"), "upstreams": admin.upstreams.names() });
         return json_response(StatusCode::NOT_FOUND, &body);
     };
     let query = match Query::parse(req.uri().query().unwrap_or("")) {
@@ -163,7 +165,9 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
     };
     let done = match action {
         "pause" => pause(upstream, &query).await,
-        _ => upstream.resume(query.addr.as_deref()).map(|()| answer_body(upstream, &query, StatusCode::OK, None)),
+        _ => upstream
+            .resume(query.addr.as_deref())
+            .map(|()| answer_body(upstream, &query, StatusCode::OK, None)),
     };
     done.unwrap_or_else(|PauseError::UnknownAddr(addrs)| {
         let error = format!("upstream {name:?} has no address {:?}", query.addr.unwrap_or_default());
@@ -175,14 +179,20 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
 async fn pause(upstream: &Arc<Upstream>, query: &Query) -> Result<AdminResponse, PauseError> {
     let started = Instant::now();
     upstream.pause(query.addr.as_deref(), query.expire)?;
-    let quiet = upstream.wait_quiet(query.addr.as_deref(), query.timeout.unwrap_or(DEFAULT_PAUSE_TIMEOUT)).await?;
+    let quiet =
+        upstream.wait_quiet(query.addr.as_deref(), query.timeout.unwrap_or(DEFAULT_PAUSE_TIMEOUT)).await?;
     let status = if quiet { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
     Ok(answer_body(upstream, query, status, Some(started.elapsed())))
 }
 
 /// `{"upstream":…,"paused":…,"in_flight":…,"held":…,"waited_ms":…}` (and `addr` when the
 /// call named one).
-fn answer_body(upstream: &Upstream, query: &Query, status: StatusCode, waited: Option<Duration>) -> AdminResponse {
+fn answer_body(
+    upstream: &Upstream,
+    query: &Query,
+    status: StatusCode,
+    waited: Option<Duration>,
+) -> AdminResponse {
     let addr = query.addr.as_deref();
     let paused = match addr {
         None => upstream.all_paused(),

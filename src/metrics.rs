@@ -50,9 +50,17 @@ impl Metrics {
         let rejected = gauge("drain_requests_rejected", "Requests answered 503 while draining");
         let tunnels_closed = gauge("drain_tunnels_closed", "Tunnels closed with a close handshake on drain");
         let held = Family::default();
-        registry.register("upstream_held", "Requests held for a paused or unreachable upstream", held.clone());
+        registry.register(
+            "upstream_held",
+            "Requests held for a paused or unreachable upstream",
+            held.clone(),
+        );
         let paused = Family::default();
-        registry.register("upstream_paused", "1 while requests to the upstream are held by a pause", paused.clone());
+        registry.register(
+            "upstream_paused",
+            "1 while requests to the upstream are held by a pause",
+            paused.clone(),
+        );
         Metrics {
             registry,
             drain,

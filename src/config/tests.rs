@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigError, UpstreamAddr};
+use std::time::Duration;
+
+use super::{Config, ConfigError, HoldConfig, UpstreamAddr};
 
 const GOOD: &str = r#"
 workers = 2
@@ -284,4 +286,43 @@ fn a_close_spread_that_cannot_fit_the_deadline_is_an_error_at_it() {
     Config::parse(Path::new("proxy.toml"), &fits).expect("1 + 4 + 2 × 2 < 10");
     let unset = drain("deadline = \"3s\"\nclose_timeout = \"5s\"\n");
     Config::parse(Path::new("proxy.toml"), &unset).expect("no close_spread, no rule");
+}
+
+#[test]
+fn hold_settings_default_and_are_read_per_upstream() {
+    let config = Config::parse(Path::new("proxy.toml"), GOOD).expect("valid");
+    assert_eq!(config.upstreams[0].hold, HoldConfig::default());
+    let text = GOOD.replace("timeout = \"5s\"", "hold = \"10s\"\nconnect_retry = \"3s\"\nmax_held = 0");
+    let config = Config::parse(Path::new("proxy.toml"), &text).expect("valid");
+    let expected =
+        HoldConfig { hold: Duration::from_secs(10), connect_retry: Duration::from_secs(3), max_held: 0 };
+    assert_eq!(config.upstreams[0].hold, expected);
+}
+
+#[test]
+fn bad_hold_settings_are_errors_at_their_values() {
+    let text = GOOD.replace("timeout = \"5s\"", "hold = \"0s\"\nconnect_retry = \"soon\"\nmax_held = -1");
+    let all = errors(&text);
+    let at: Vec<(usize, usize)> = all.iter().map(|(at, _)| *at).collect();
+    assert_eq!(at, [(8, 8), (9, 17), (10, 12)], "{all:?}");
+    assert!(all[0].1.contains("hold must be longer than zero"), "{all:?}");
+    assert!(all[1].1.contains("connect_retry"), "{all:?}");
+    assert!(all[2].1.contains("max_held = -1 is out of range"), "{all:?}");
+}
+
+#[test]
+fn an_admin_address_beyond_loopback_without_a_token_is_warned_about() {
+    let config = Config::parse(Path::new("/etc/lameduck/proxy.toml"), GOOD).expect("valid");
+    assert!(config.warnings().is_empty(), "loopback needs no token");
+    let open = GOOD.replace("addr = \"127.0.0.1:9901\"", "addr = \"0.0.0.0:9901\"");
+    let config = Config::parse(Path::new("/etc/lameduck/proxy.toml"), &open).expect("valid");
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("not a loopback address") && warnings[0].contains("token_file"));
+    let with_token =
+        open.replace("addr = \"0.0.0.0:9901\"", "addr = \"0.0.0.0:9901\"\ntoken_file = \"admin.token\"");
+    let config = Config::parse(Path::new("/etc/lameduck/proxy.toml"), &with_token).expect("valid");
+    assert!(config.warnings().is_empty());
+    let token_file = config.admin.and_then(|a| a.token_file).expect("set");
+    assert_eq!(token_file, Path::new("/etc/lameduck/admin.token"), "relative to the config file");
 }

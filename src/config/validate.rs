@@ -68,20 +68,12 @@ impl Validator<'_> {
                     format!("admin address \"{addr}\" is also a [[listen]] address: give it its own port"),
                 );
             }
-            let token_file = a.token_file.as_ref().map(|f| resolve_against(self.path, Path::new(f.get_ref())));
+            let token_file =
+                a.token_file.as_ref().map(|f| resolve_against(self.path, Path::new(f.get_ref())));
             Some(AdminConfig { addr, token_file })
         });
         let limits = self.limits(&raw.limits.unwrap_or_default());
-        Config {
-            path: self.path.to_owned(),
-            workers,
-            listeners,
-            upstreams,
-            routes,
-            drain,
-            admin,
-            limits,
-        }
+        Config { path: self.path.to_owned(), workers, listeners, upstreams, routes, drain, admin, limits }
     }
 
     fn workers(&mut self, raw: Option<&Spanned<i64>>) -> usize {
@@ -220,7 +212,11 @@ impl Validator<'_> {
         };
         HoldConfig {
             hold: self.positive_duration(upstream.hold.as_ref(), "hold", default.hold),
-            connect_retry: self.duration(upstream.connect_retry.as_ref(), "connect_retry", default.connect_retry),
+            connect_retry: self.duration(
+                upstream.connect_retry.as_ref(),
+                "connect_retry",
+                default.connect_retry,
+            ),
             max_held,
         }
     }

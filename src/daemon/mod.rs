@@ -186,7 +186,12 @@ async fn start(
         // Handed to a successor too; this process stops accepting on it at the handover.
         listener_fds.push(admin_listener.as_raw_fd());
         let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone(), upstreams.clone()));
-        let admin = admin::Admin { drain: drain.watch(), metrics, upstreams: upstreams.clone(), token: token.flatten() };
+        let admin = admin::Admin {
+            drain: drain.watch(),
+            metrics,
+            upstreams: upstreams.clone(),
+            token: token.flatten(),
+        };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
     info!(workers = config.workers, pid = std::process::id(), "ready");

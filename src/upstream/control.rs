@@ -248,7 +248,8 @@ impl Upstream {
 
     /// Whether requests to it are held: the upstream, or every address of it, is paused.
     pub fn all_paused(&self) -> bool {
-        self.gate.paused.load(Ordering::SeqCst) || self.targets.iter().all(|t| t.paused.load(Ordering::SeqCst))
+        self.gate.paused.load(Ordering::SeqCst)
+            || self.targets.iter().all(|t| t.paused.load(Ordering::SeqCst))
     }
 
     /// What `GET /upstreams` shows of it.
@@ -299,4 +300,3 @@ fn state(paused: bool) -> &'static str {
         "serving"
     }
 }
-

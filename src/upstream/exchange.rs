@@ -136,12 +136,7 @@ impl<B: RequestBody> Exchange<B> {
 /// request; the request counts as in flight to it until then.
 /// `upgrade`: the request asks to switch protocols, so a `101` is a good answer. A failure
 /// that may be retried elsewhere gives the request back as [`Exchanged::NotSent`].
-pub fn exchange<B: RequestBody>(
-    conn: Conn,
-    req: Request<B>,
-    lease: Lease,
-    upgrade: bool,
-) -> Exchanging<B> {
+pub fn exchange<B: RequestBody>(conn: Conn, req: Request<B>, lease: Lease, upgrade: bool) -> Exchanging<B> {
     Exchanging { exchange: Some(Exchange::new(conn, req, upgrade)), lease: Some(lease) }
 }
 

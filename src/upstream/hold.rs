@@ -203,3 +203,114 @@ impl Waiting {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn gate(max_held: usize) -> Arc<Gate> {
+        let settings =
+            HoldConfig { hold: Duration::from_secs(30), connect_retry: Duration::from_secs(5), max_held };
+        Arc::new(Gate::new(settings))
+    }
+
+    /// Starts a request that waits for a resume; returns once it is queued.
+    async fn held(gate: &Arc<Gate>, n: usize) -> tokio::task::JoinHandle<Result<(), SendError>> {
+        let gate2 = gate.clone();
+        let task =
+            tokio::spawn(
+                async move { Waiting::default().wait(&gate2, "app", Blocked::Paused, || true).await },
+            );
+        while gate.lock().waiters.len() < n {
+            tokio::task::yield_now().await;
+        }
+        task
+    }
+
+    #[tokio::test]
+    async fn held_requests_go_out_oldest_first() {
+        let gate = gate(10);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let (gate2, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                Waiting::default().wait(&gate2, "app", Blocked::Paused, || true).await.expect("resumed");
+                order.lock().unwrap().push(i);
+            }));
+            while gate.lock().waiters.len() <= i {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(gate.held(), 3);
+        Gate::wake_all(&mut gate.lock());
+        for task in tasks {
+            task.await.expect("no panic");
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2]);
+        assert_eq!(gate.held(), 0, "nothing is held once they went out");
+    }
+
+    #[tokio::test]
+    async fn past_max_held_a_request_is_refused_at_once() {
+        let gate = gate(1);
+        let first = held(&gate, 1).await;
+        let second = Waiting::default().wait(&gate, "app", Blocked::Paused, || true).await;
+        assert!(matches!(second, Err(SendError::Held(HoldError::Full))), "{second:?}");
+        let unreachable = Waiting::default().wait(&gate, "app", Blocked::Unreachable, || true).await;
+        assert!(matches!(unreachable, Err(SendError::Held(HoldError::Full))), "retrying counts too");
+        gate.release();
+        assert!(matches!(first.await.expect("no panic"), Err(SendError::Held(HoldError::Released))));
+    }
+
+    #[tokio::test]
+    async fn a_request_resumed_before_it_queues_goes_on_at_once() {
+        let gate = gate(10);
+        let went = Waiting::default().wait(&gate, "app", Blocked::Paused, || false).await;
+        assert!(went.is_ok(), "{went:?}");
+        assert_eq!(gate.lock().waiters.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_bounds_the_wait_for_a_resume() {
+        let gate = gate(10);
+        let started = Instant::now();
+        let waited = Waiting::default().wait(&gate, "app", Blocked::Paused, || true).await;
+        assert!(matches!(waited, Err(SendError::Held(HoldError::TimedOut))), "{waited:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_retries_back_off_and_stop_at_connect_retry() {
+        let gate = gate(10);
+        let started = Instant::now();
+        let mut waiting = Waiting::default();
+        let mut pauses = Vec::new();
+        let mut last = started;
+        let gave_up = loop {
+            match waiting.wait(&gate, "app", Blocked::Unreachable, || false).await {
+                Ok(()) => {
+                    pauses.push(last.elapsed());
+                    last = Instant::now();
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(gave_up, SendError::Unavailable), "{gave_up:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "bounded by connect_retry");
+        assert!(pauses[0] >= FIRST_BACKOFF / 2 && pauses[0] <= FIRST_BACKOFF, "{pauses:?}");
+        assert!(pauses.iter().all(|p| *p <= MAX_BACKOFF), "capped: {pauses:?}");
+        assert!(pauses[4] > pauses[0], "backs off: {pauses:?}");
+    }
+
+    #[tokio::test]
+    async fn without_connect_retry_an_unreachable_upstream_fails_at_once() {
+        let settings = HoldConfig { connect_retry: Duration::ZERO, ..HoldConfig::default() };
+        let gate = Gate::new(settings);
+        let waited = Waiting::default().wait(&gate, "app", Blocked::Unreachable, || false).await;
+        assert!(matches!(waited, Err(SendError::Unavailable)), "{waited:?}");
+        assert_eq!(gate.held(), 0);
+    }
+}

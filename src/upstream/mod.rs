@@ -235,7 +235,10 @@ impl Upstream {
     }
 
     /// One try at every address for an upgrade request, each on a new connection.
-    async fn try_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<Attempt<UpgradeAnswer, B>, SendError> {
+    async fn try_upgrade<B: RequestBody>(
+        &self,
+        req: Request<B>,
+    ) -> Result<Attempt<UpgradeAnswer, B>, SendError> {
         let mut paused = 0;
         for target in self.in_turn() {
             let Some(lease) = self.admit(target) else {

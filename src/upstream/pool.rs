@@ -118,7 +118,8 @@ impl Target {
 
     /// Records why connecting failed, for `GET /upstreams`.
     pub(super) fn note_connect_error(&self, error: &std::io::Error) {
-        *self.last_error.lock().expect("never held across a panic") = Some((error.to_string(), SystemTime::now()));
+        *self.last_error.lock().expect("never held across a panic") =
+            Some((error.to_string(), SystemTime::now()));
     }
 
     /// The last connect error and when it happened, if any.
