@@ -75,7 +75,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use body::UpstreamBody;
 pub use conn::{Switched, SwitchedIo};
@@ -299,8 +299,16 @@ impl Upstream {
             Ok(Err(e)) => e,
             Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
         };
-        warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %error, "upstream connect failed");
+        // Requests retrying a restarting backend (connect_retry) fail often: one warning per
+        // address per second says as much as one per attempt.
+        let since_last = target.last_connect_error().and_then(|(_, at)| at.elapsed().ok());
+        let recent = since_last.is_some_and(|since| since < Duration::from_secs(1));
         target.note_connect_error(&error);
+        if recent {
+            debug!(upstream.name = %self.name, upstream.addr = %target.addr, error = %error, "upstream connect failed");
+        } else {
+            warn!(upstream.name = %self.name, upstream.addr = %target.addr, error = %error, "upstream connect failed");
+        }
         None
     }
 }
