@@ -304,7 +304,7 @@ fn bad_hold_settings_are_errors_at_their_values() {
     let text = GOOD.replace("timeout = \"5s\"", "hold = \"0s\"\nconnect_retry = \"soon\"\nmax_held = -1");
     let all = errors(&text);
     let at: Vec<(usize, usize)> = all.iter().map(|(at, _)| *at).collect();
-    assert_eq!(at, [(8, 8), (9, 17), (10, 12)], "{all:?}");
+    assert_eq!(at, [(9, 8), (10, 17), (11, 12)], "{all:?}");
     assert!(all[0].1.contains("hold must be longer than zero"), "{all:?}");
     assert!(all[1].1.contains("connect_retry"), "{all:?}");
     assert!(all[2].1.contains("max_held = -1 is out of range"), "{all:?}");

@@ -12,7 +12,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::hold::Gate;
 use super::pool::Target;
 use super::Upstream;
 
@@ -206,7 +205,7 @@ impl Upstream {
         queue.generation += 1;
         let held = self.gate.held();
         if !self.all_paused() {
-            Gate::wake_all(&mut queue);
+            self.gate.wake(&mut queue);
         }
         drop(queue);
         info!(upstream.name = %self.name, upstream.addr = addr.unwrap_or("*"), held, "upstream resumed");

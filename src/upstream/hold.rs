@@ -3,7 +3,9 @@
 //!
 //! A held request has sent nothing yet: it keeps its client's body unread in the client's
 //! socket, so holding costs no memory per byte. Requests held for a pause queue in arrival
-//! order and go out oldest first when the upstream resumes; requests waiting to reconnect
+//! order and go out oldest first when the upstream resumes: one at a time, each holding a
+//! [`Baton`] until it has its upstream connection, so that they also *reach* the backend in
+//! that order (woken all at once, they would race to connect); requests waiting to reconnect
 //! retry on a capped, jittered back-off. Both kinds count against `max_held`, and both are
 //! answered (503) when the daemon's drain deadline comes ([`Gate::release`]).
 //!
@@ -11,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -36,7 +38,7 @@ pub(super) struct Gate {
     pub(super) paused: AtomicBool,
     /// Held requests, paused or retrying.
     held: AtomicUsize,
-    pub(super) queue: Mutex<Queue>,
+    pub(super) queue: Arc<Mutex<Queue>>,
     /// Becomes true at the drain deadline: every held request gives up.
     released: watch::Sender<bool>,
     pub(super) settings: HoldConfig,
@@ -46,7 +48,9 @@ pub(super) struct Gate {
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     /// Requests waiting for a resume, oldest first.
-    waiters: VecDeque<oneshot::Sender<()>>,
+    waiters: VecDeque<oneshot::Sender<Baton>>,
+    /// A [`Baton`] is out: the waiters are going out one by one.
+    passing: bool,
     /// Bumped by every pause and resume: a scheduled `expire` resumes only if nothing
     /// changed the pause since.
     pub(super) generation: u64,
@@ -69,14 +73,14 @@ impl Gate {
             attention: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             held: AtomicUsize::new(0),
-            queue: Mutex::new(Queue::default()),
+            queue: Arc::new(Mutex::new(Queue::default())),
             released: watch::Sender::new(false),
             settings,
         }
     }
 
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().expect("the gate's lock is never held across a panic")
+    pub(super) fn lock(&self) -> MutexGuard<'_, Queue> {
+        lock(&self.queue)
     }
 
     /// Requests held now.
@@ -92,16 +96,18 @@ impl Gate {
         self.released.send_replace(true);
     }
 
-    /// Sends the held requests on, oldest first; called under the lock once an address
-    /// serves again.
-    pub(super) fn wake_all(queue: &mut Queue) {
-        for waiter in queue.waiters.drain(..) {
-            let _ = waiter.send(());
+    /// Starts sending the held requests on, oldest first, unless they are on their way
+    /// already; called under the lock (`queue`) once an address serves again.
+    pub(super) fn wake(&self, queue: &mut Queue) {
+        if !queue.passing {
+            hand_on(queue, &self.queue);
         }
     }
 
-    /// A place in the queue, or `None` when `all_paused` is false by now (resumed meanwhile).
-    fn enqueue(&self, all_paused: impl FnOnce() -> bool) -> Result<Option<oneshot::Receiver<()>>, HoldError> {
+    /// A place in the queue, counted as held, or `None` when `all_paused` is false by now
+    /// (resumed meanwhile). Counted under the lock, so the count never runs ahead of the
+    /// queue: whoever sees `held` go up knows the request has its place.
+    fn enqueue(&self, all_paused: impl FnOnce() -> bool) -> Result<Option<Queued<'_>>, HoldError> {
         let mut queue = self.lock();
         if queue.released {
             return Err(HoldError::Released);
@@ -109,9 +115,10 @@ impl Gate {
         if !all_paused() {
             return Ok(None);
         }
+        let held = self.hold_one()?;
         let (tx, rx) = oneshot::channel();
         queue.waiters.push_back(tx);
-        Ok(Some(rx))
+        Ok(Some(Queued { turn: rx, _held: held }))
     }
 
     /// Counts one more held request, unless `max_held` are held already.
@@ -122,6 +129,55 @@ impl Gate {
         }
         Ok(HeldGuard(self))
     }
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    queue.lock().expect("the gate's lock is never held across a panic")
+}
+
+/// A resumed request's turn to go out. Dropped once the request has its upstream
+/// connection (or gives up), it passes the turn to the next waiter.
+#[derive(Debug)]
+pub(super) struct Baton(Option<Arc<Mutex<Queue>>>);
+
+impl Baton {
+    /// Ends the turns without passing this one on: its request found the upstream paused
+    /// again and queues anew (behind the others); the next resume starts the turns afresh.
+    pub(super) fn park(mut self) {
+        if let Some(queue) = self.0.take() {
+            lock(&queue).passing = false;
+        }
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            hand_on(&mut lock(&shared), &shared);
+        }
+    }
+}
+
+/// Gives the turn to the oldest waiter still waiting (under the lock).
+fn hand_on(queue: &mut Queue, shared: &Arc<Mutex<Queue>>) {
+    while let Some(next) = queue.waiters.pop_front() {
+        match next.send(Baton(Some(shared.clone()))) {
+            Ok(()) => {
+                queue.passing = true;
+                return;
+            }
+            // Its request gave up waiting: emptied, the baton is dropped without passing on.
+            Err(mut refused) => refused.0 = None,
+        }
+    }
+    queue.passing = false;
+}
+
+/// A request's place in the queue.
+struct Queued<'a> {
+    /// Where its turn comes.
+    turn: oneshot::Receiver<Baton>,
+    _held: HeldGuard<'a>,
 }
 
 /// One held request in [`Gate::held`].
@@ -143,7 +199,8 @@ pub(super) struct Waiting {
 }
 
 impl Waiting {
-    /// Waits until the request may be tried again, or says why it may not.
+    /// Waits until the request may be tried again (with its turn, after a resume), or says
+    /// why it may not.
     ///
     /// # Errors
     /// - [`SendError::Unavailable`] when no address accepted within `connect_retry`;
@@ -155,7 +212,7 @@ impl Waiting {
         upstream: &str,
         blocked: Blocked,
         all_paused: impl FnOnce() -> bool,
-    ) -> Result<(), SendError> {
+    ) -> Result<Option<Baton>, SendError> {
         let now = Instant::now();
         if blocked == Blocked::Unreachable {
             let until = *self.retry_until.get_or_insert(now + gate.settings.connect_retry);
@@ -163,12 +220,18 @@ impl Waiting {
                 return Err(SendError::Unavailable);
             }
         }
-        let _held = gate.hold_one().inspect_err(|_| {
+        let full = |_: &HoldError| {
             warn!(upstream.name = upstream, max_held = gate.settings.max_held, "hold queue full; 503");
-        })?;
+        };
         match blocked {
-            Blocked::Paused => self.until_resumed(gate, upstream, now, all_paused).await,
-            Blocked::Unreachable => self.before_retry(gate, now).await,
+            Blocked::Paused => {
+                let Some(queued) = gate.enqueue(all_paused).inspect_err(full)? else { return Ok(None) };
+                self.until_resumed(gate, upstream, now, queued).await.map(Some)
+            }
+            Blocked::Unreachable => {
+                let _held = gate.hold_one().inspect_err(full)?;
+                self.before_retry(gate, now).await.map(|()| None)
+            }
         }
     }
 
@@ -177,12 +240,11 @@ impl Waiting {
         gate: &Gate,
         upstream: &str,
         now: Instant,
-        all_paused: impl FnOnce() -> bool,
-    ) -> Result<(), SendError> {
+        queued: Queued<'_>,
+    ) -> Result<Baton, SendError> {
         let until = *self.hold_until.get_or_insert(now + gate.settings.hold);
-        let Some(resumed) = gate.enqueue(all_paused)? else { return Ok(()) };
         tokio::select! {
-            resumed = resumed => resumed.map_err(|_| SendError::Held(HoldError::Released)),
+            turn = queued.turn => turn.map_err(|_| SendError::Held(HoldError::Released)),
             _ = tokio::time::sleep_until(until) => {
                 warn!(upstream.name = upstream, hold_secs = gate.settings.hold.as_secs_f64(), "held request timed out; 503");
                 Err(SendError::Held(HoldError::TimedOut))
@@ -206,8 +268,6 @@ impl Waiting {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn gate(max_held: usize) -> Arc<Gate> {
@@ -217,7 +277,7 @@ mod tests {
     }
 
     /// Starts a request that waits for a resume; returns once it is queued.
-    async fn held(gate: &Arc<Gate>, n: usize) -> tokio::task::JoinHandle<Result<(), SendError>> {
+    async fn held(gate: &Arc<Gate>, n: usize) -> tokio::task::JoinHandle<Result<Option<Baton>, SendError>> {
         let gate2 = gate.clone();
         let task =
             tokio::spawn(
@@ -245,7 +305,7 @@ mod tests {
             }
         }
         assert_eq!(gate.held(), 3);
-        Gate::wake_all(&mut gate.lock());
+        gate.wake(&mut gate.lock());
         for task in tasks {
             task.await.expect("no panic");
         }
@@ -291,7 +351,7 @@ mod tests {
         let mut last = started;
         let gave_up = loop {
             match waiting.wait(&gate, "app", Blocked::Unreachable, || false).await {
-                Ok(()) => {
+                Ok(_) => {
                     pauses.push(last.elapsed());
                     last = Instant::now();
                 }

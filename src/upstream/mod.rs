@@ -87,7 +87,7 @@ pub use upload::RequestBody;
 use conn::Conn;
 use connect::connect_io;
 use exchange::{exchange, Exchanged};
-use hold::{Blocked, Gate, Waiting};
+use hold::{Baton, Blocked, Gate, Waiting};
 use pool::{Lease, Target};
 
 use crate::config::{UpstreamAddr, UpstreamConfig};
@@ -116,11 +116,25 @@ pub enum UpgradeAnswer {
     Refused(Response<UpstreamBody>),
 }
 
-/// One try at every address: what came of it, or the request back (boxed: rare, and it
-/// would make every answer that large) with why it could not go.
+/// Drives `exchanging`, passing `turn` on to the next held request once its first poll
+/// has written the request head: held requests then reach the backend in the order they
+/// were held, not in the order their connections happen to complete.
+async fn passing_turn<F: Future>(exchanging: F, turn: Baton) -> F::Output {
+    let mut exchanging = std::pin::pin!(exchanging);
+    let mut turn = Some(turn);
+    std::future::poll_fn(|cx| {
+        let polled = exchanging.as_mut().poll(cx);
+        drop(turn.take());
+        polled
+    })
+    .await
+}
+
+/// One try at every address: what came of it, or the request and its unused turn back
+/// (boxed: rare, and it would make every answer that large) with why it could not go.
 enum Attempt<T, B> {
     Done(T),
-    Blocked(Box<Request<B>>, Blocked),
+    Blocked(Box<(Request<B>, Option<Baton>)>, Blocked),
 }
 
 impl Upstream {
@@ -153,41 +167,47 @@ impl Upstream {
     /// [`SendError::Timeout`] when no response head came within `timeout` (of the last try);
     /// [`SendError::Held`] when a held request could wait no longer; the others as they say.
     pub async fn send<B: RequestBody>(&self, req: Request<B>) -> Result<Response<UpstreamBody>, SendError> {
-        self.with_hold(req, |req| self.try_send(req)).await
+        self.with_hold(req, |req, turn| self.try_send(req, turn)).await
     }
 
     /// Sends an upgrade request (WebSocket) on a new connection of its own, failing over to
     /// the next address while connecting fails, and held as [`Upstream::send`] is.
     pub async fn send_upgrade<B: RequestBody>(&self, req: Request<B>) -> Result<UpgradeAnswer, SendError> {
-        self.with_hold(req, |req| self.try_upgrade(req)).await
+        self.with_hold(req, |req, turn| self.try_upgrade(req, turn)).await
     }
 
     /// Runs `attempt` (bounded by `timeout`) until it is done, holding the request between
-    /// tries while it is blocked.
+    /// tries while it is blocked. A request let go by a resume tries with its turn
+    /// ([`Baton`]), which `attempt` passes on once it has a connection.
     async fn with_hold<B, T, F>(
         &self,
         mut req: Request<B>,
-        attempt: impl Fn(Request<B>) -> F,
+        attempt: impl Fn(Request<B>, Option<Baton>) -> F,
     ) -> Result<T, SendError>
     where
         F: Future<Output = Result<Attempt<T, B>, SendError>>,
     {
-        let mut waiting = None;
+        let (mut waiting, mut turn) = (None, None);
         loop {
-            let tried = match tokio::time::timeout(self.timeout, attempt(req)).await {
+            let tried = match tokio::time::timeout(self.timeout, attempt(req, turn)).await {
                 Ok(tried) => tried?,
                 Err(_) => return Err(SendError::Timeout),
             };
             let blocked = match tried {
                 Attempt::Done(done) => return Ok(done),
                 Attempt::Blocked(back, blocked) => {
-                    req = *back;
+                    let (back, unused) = *back;
+                    req = back;
+                    match unused {
+                        Some(unused) if blocked == Blocked::Paused => unused.park(),
+                        unused => drop(unused),
+                    }
                     blocked
                 }
             };
             // Boxed: rare, and it would enlarge every request's future.
             let waiting: &mut Waiting = waiting.get_or_insert_with(Box::default);
-            Box::pin(waiting.wait(&self.gate, &self.name, blocked, || self.all_paused())).await?;
+            turn = Box::pin(waiting.wait(&self.gate, &self.name, blocked, || self.all_paused())).await?;
         }
     }
 
@@ -195,6 +215,7 @@ impl Upstream {
     async fn try_send<B: RequestBody>(
         &self,
         mut req: Request<B>,
+        mut turn: Option<Baton>,
     ) -> Result<Attempt<Response<UpstreamBody>, B>, SendError> {
         let mut paused = 0;
         for target in self.in_turn() {
@@ -217,7 +238,12 @@ impl Upstream {
                         None => break,
                     },
                 };
-                match exchange(conn, req, lease, false).await? {
+                let exchanging = exchange(conn, req, lease, false);
+                let exchanged = match turn.take() {
+                    None => exchanging.await?,
+                    Some(turn) => passing_turn(exchanging, turn).await?,
+                };
+                match exchanged {
                     Exchanged::Answered(resp) => return Ok(Attempt::Done(resp)),
                     Exchanged::NotSent(back) => req = back,
                     // The head parser refuses a 101 nobody asked for; should one slip through,
@@ -231,13 +257,14 @@ impl Upstream {
                 }
             }
         }
-        Ok(Attempt::Blocked(Box::new(req), self.blocked_by(paused)))
+        Ok(Attempt::Blocked(Box::new((req, turn)), self.blocked_by(paused)))
     }
 
     /// One try at every address for an upgrade request, each on a new connection.
     async fn try_upgrade<B: RequestBody>(
         &self,
         req: Request<B>,
+        mut turn: Option<Baton>,
     ) -> Result<Attempt<UpgradeAnswer, B>, SendError> {
         let mut paused = 0;
         for target in self.in_turn() {
@@ -246,14 +273,19 @@ impl Upstream {
                 continue;
             };
             let Some(io) = self.connect(target).await else { continue };
-            return match exchange(Conn::new(io), req, lease, true).await? {
+            let exchanging = exchange(Conn::new(io), req, lease, true);
+            let exchanged = match turn.take() {
+                None => exchanging.await?,
+                Some(turn) => passing_turn(exchanging, turn).await?,
+            };
+            return match exchanged {
                 Exchanged::Switched(head, io) => Ok(Attempt::Done(UpgradeAnswer::Switched(head, io))),
                 Exchanged::Answered(resp) => Ok(Attempt::Done(UpgradeAnswer::Refused(resp))),
                 // Only a reused connection hands a request back; a new one closed unanswered.
                 Exchanged::NotSent(_) => Err(SendError::Upstream(io::ErrorKind::UnexpectedEof.into())),
             };
         }
-        Ok(Attempt::Blocked(Box::new(req), self.blocked_by(paused)))
+        Ok(Attempt::Blocked(Box::new((req, turn)), self.blocked_by(paused)))
     }
 
     /// Why no address took a request, `paused` of them being paused.
