@@ -4,15 +4,22 @@
 //! ```text
 //! cargo run --example legacy_backend            # listens on 127.0.0.1:9000
 //! cargo run --example legacy_backend -- 127.0.0.1:9001
+//! cargo run --example legacy_backend -- 127.0.0.1:0    # any free port (printed)
 //! ```
 //! - `GET /`            a short text answer naming this backend's address
-//! - `GET /slow?ms=N`   answers after N milliseconds (default 2000)
+//! - `GET /pid`         this process's id (tells a restarted backend from the one before)
+//! - `GET /count`       how many requests this process has answered, `/count` itself not counted
+//! - `GET /slow?ms=N`   answers after N milliseconds (default 2000); prints a line on arrival
 //! - `GET /stream`      ten lines, one every 200 ms
 //! - `POST /echo`       echoes the request body
 //! - `GET /ws`          WebSocket: echoes messages and sends a tick every second
+//!
+//! Every answer carries `x-backend-pid: <pid>`. The first line printed to stdout, once the
+//! port accepts connections, is `legacy backend on http://IP:PORT …` with the bound address.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,11 +36,16 @@ use tokio_tungstenite::WebSocketStream;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Requests answered (or being answered) by this process, `GET /count` not included.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let addr: SocketAddr =
         std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into()).parse().expect("an IP:PORT");
     let listener = TcpListener::bind(addr).await?;
+    // The bound address: a port given as 0 is a real one now.
+    let addr = listener.local_addr()?;
     println!("legacy backend on http://{addr} (no graceful shutdown: SIGTERM kills it mid-request)");
     loop {
         let (stream, _) = listener.accept().await?;
@@ -46,9 +58,20 @@ async fn main() -> std::io::Result<()> {
 }
 
 async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>, Infallible> {
+    let mut resp = answer(req, me).await;
+    resp.headers_mut().insert("x-backend-pid", std::process::id().into());
+    Ok(resp)
+}
+
+async fn answer(req: Request<Incoming>, me: SocketAddr) -> Response<Body> {
     let path = req.uri().path().to_owned();
-    Ok(match (req.method().as_str(), path.as_str()) {
+    if path != "/count" {
+        REQUESTS.fetch_add(1, Ordering::SeqCst);
+    }
+    match (req.method().as_str(), path.as_str()) {
         ("GET", "/ws") => websocket(req),
+        ("GET", "/pid") => text(StatusCode::OK, format!("{}\n", std::process::id())),
+        ("GET", "/count") => text(StatusCode::OK, format!("{}\n", REQUESTS.load(Ordering::SeqCst))),
         ("GET", "/slow") => {
             let ms = req
                 .uri()
@@ -56,6 +79,7 @@ async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>
                 .and_then(|q| q.strip_prefix("ms="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2000);
+            println!("slow request: answering in {ms} ms");
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, format!("slept {ms} ms at {me}\n"))
         }
@@ -71,7 +95,7 @@ async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>
             Response::new(Full::new(body).boxed())
         }
         _ => text(StatusCode::OK, format!("hello from the legacy backend at {me}\n")),
-    })
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {

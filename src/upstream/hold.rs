@@ -25,8 +25,8 @@ use crate::config::HoldConfig;
 
 /// The first pause between connect retries; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest pause between connect retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause between connect retries: a backend back up is found within this long.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The pause state of one upstream and its queue of held requests.
 #[derive(Debug)]
