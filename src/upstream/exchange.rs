@@ -15,11 +15,12 @@ use std::task::{Context, Poll};
 use http::{Method, Request, Response, StatusCode};
 
 use super::body::UpstreamBody;
-use super::conn::{Conn, Switched};
+use super::conn::Conn;
 use super::error::SendError;
 use super::framing::invalid;
 use super::head::{encode_head, parse_head, Asked, ResponseHead, MAX_HEAD_BYTES};
 use super::pool::Lease;
+use super::switched::Switched;
 use super::upload::{RequestBody, Upload};
 
 /// What became of one exchange.
@@ -102,7 +103,7 @@ impl<B: RequestBody> Exchange<B> {
                 let why = "101 before the request was sent whole";
                 return Err(SendError::Upstream(self.write_error.unwrap_or_else(|| invalid(why))));
             }
-            return Ok(Exchanged::Switched(head.response, self.conn.into_switched(lease)));
+            return Ok(Exchanged::Switched(head.response, Switched::new(self.conn, lease)));
         }
         // An upgrade request has a connection of its own, which an answer other than 101 ends.
         let keep_alive = head.keep_alive && !self.upload.failed && !self.asked.upgrade;

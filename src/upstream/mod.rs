@@ -12,6 +12,7 @@
 //! The rooms of the client, each with its own tests:
 //! - [`connect`]: TCP, then TLS for https upstreams;
 //! - [`conn`]: one connection and its read buffer; [`pool`]: an address's idle connections;
+//! - [`switched`]: a connection after a `101`, for a tunnel;
 //! - [`head`]: the request head out, the response head in (httparse);
 //! - [`framing`]: response body framing (RFC 9112 §6.3) and the chunked decoder;
 //! - [`upload`]: the request body, streamed while the response may already come;
@@ -62,6 +63,7 @@ mod framing;
 mod head;
 mod hold;
 mod pool;
+mod switched;
 #[cfg(test)]
 mod tests;
 mod upload;
@@ -78,10 +80,10 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 pub use body::UpstreamBody;
-pub use conn::{Switched, SwitchedIo};
 pub use connect::UpstreamIo;
 pub use control::{AddrStatus, PauseError, UpstreamStatus, Upstreams};
 pub use error::{BoxError, HoldError, SendError};
+pub use switched::{Switched, SwitchedIo};
 pub use upload::RequestBody;
 
 use conn::Conn;
