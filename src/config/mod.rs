@@ -85,6 +85,38 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// How requests wait while the upstream is paused or unreachable.
     pub hold: HoldConfig,
+    /// The backend process lameduck runs for this upstream, if any.
+    pub process: Option<ProcessConfig>,
+}
+
+/// `[upstream.NAME.process]`: a backend that lameduck starts before it is ready, stops only
+/// after its own drain, and restarts without losing a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessConfig {
+    /// The program and its arguments, run as given (no shell).
+    pub command: Vec<String>,
+    /// Added to lameduck's own environment (which loses systemd's notify and listen variables).
+    pub env: Vec<(String, String)>,
+    /// Working directory; `None`: lameduck's.
+    pub cwd: Option<PathBuf>,
+    /// What the backend gets after lameduck's drain (default SIGTERM), as a signal number.
+    pub stop_signal: i32,
+    /// Then SIGKILL after this long (default 10 s).
+    pub stop_timeout: Duration,
+    /// The backend must accept a TCP connection on one of the upstream's addresses within
+    /// this long (default 30 s).
+    pub ready_timeout: Duration,
+    /// What happens when it exits by itself.
+    pub restart: RestartPolicy,
+}
+
+/// `restart =` of a supervised backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Started again, with capped exponential back-off; requests are held meanwhile.
+    OnFailure,
+    /// lameduck drains and exits with status 3, for the service manager to restart it all.
+    Never,
 }
 
 /// How requests to an upstream wait instead of failing: while it is paused (admin API), and

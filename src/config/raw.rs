@@ -66,6 +66,21 @@ pub struct RawUpstream {
     pub hold: Option<Spanned<String>>,
     pub connect_retry: Option<Spanned<String>>,
     pub max_held: Option<Spanned<i64>>,
+    pub process: Option<Spanned<RawProcess>>,
+}
+
+/// `[upstream.NAME.process]`: the backend lameduck runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProcess {
+    pub command: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<Spanned<String>>,
+    pub stop_signal: Option<Spanned<String>>,
+    pub stop_timeout: Option<Spanned<String>>,
+    pub ready_timeout: Option<Spanned<String>>,
+    pub restart: Option<Spanned<String>>,
 }
 
 /// One `[[route]]` entry.

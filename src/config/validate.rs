@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawRoute, RawTls, RawUpstream};
+use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawProcess, RawRoute, RawTls, RawUpstream};
 use super::{
     resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Forwarding, HoldConfig,
-    Limits, ListenConfig, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+    Limits, ListenConfig, ProcessConfig, RestartPolicy, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
@@ -197,7 +197,45 @@ impl Validator<'_> {
             ),
             timeout: self.positive_duration(upstream.timeout.as_ref(), "timeout", secs(60)),
             hold: self.hold(upstream),
+            process: upstream.process.as_ref().and_then(|p| self.process(name, p)),
         }
+    }
+
+    fn process(&mut self, name: &str, raw: &Spanned<RawProcess>) -> Option<ProcessConfig> {
+        let process = raw.get_ref();
+        let command: Vec<String> = process.command.get_ref().iter().map(|a| a.get_ref().clone()).collect();
+        if command.first().is_none_or(|program| program.is_empty()) {
+            self.error(
+                &process.command,
+                format!("upstream \"{name}\": process command is empty: give the program and its arguments, like command = [\"/usr/bin/legacy-app\", \"--port\", \"9000\"]"),
+            );
+        }
+        let stop_signal = match &process.stop_signal {
+            None => libc::SIGTERM,
+            Some(raw) => self.parsed(raw, signal_number, |text, known| {
+                format!("unknown stop_signal {text:?}: use one of {known}")
+            })?,
+        };
+        let restart = match &process.restart {
+            None => RestartPolicy::OnFailure,
+            Some(raw) => match raw.get_ref().as_str() {
+                "on-failure" => RestartPolicy::OnFailure,
+                "never" => RestartPolicy::Never,
+                other => {
+                    self.error(raw, format!("unknown restart {other:?}: use \"on-failure\" or \"never\""));
+                    RestartPolicy::OnFailure
+                }
+            },
+        };
+        Some(ProcessConfig {
+            command,
+            env: process.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: process.cwd.as_ref().map(|cwd| resolve_against(self.path, Path::new(cwd.get_ref()))),
+            stop_signal,
+            stop_timeout: self.positive_duration(process.stop_timeout.as_ref(), "stop_timeout", secs(10)),
+            ready_timeout: self.positive_duration(process.ready_timeout.as_ref(), "ready_timeout", secs(30)),
+            restart,
+        })
     }
 
     fn hold(&mut self, upstream: &RawUpstream) -> HoldConfig {
@@ -462,6 +500,26 @@ impl Validator<'_> {
         }
         d
     }
+}
+
+/// The signals a backend may be stopped with, by name.
+const STOP_SIGNALS: [(&str, i32); 6] = [
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGHUP", libc::SIGHUP),
+    ("SIGUSR1", libc::SIGUSR1),
+    ("SIGUSR2", libc::SIGUSR2),
+];
+
+/// `"SIGTERM"` (or `"TERM"`) → its number; otherwise the names that are known.
+fn signal_number(text: &str) -> Result<i32, String> {
+    let name = text.strip_prefix("SIG").unwrap_or(text);
+    STOP_SIGNALS
+        .iter()
+        .find(|(known, _)| known[3..].eq_ignore_ascii_case(name))
+        .map(|(_, number)| *number)
+        .ok_or_else(|| STOP_SIGNALS.map(|(known, _)| known).join(", "))
 }
 
 /// A duration with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h 30m"`.
