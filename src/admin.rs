@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::backend::Backends;
 use crate::config::{parse_duration, AdminConfig};
 use crate::drain::{DrainWatch, Phase};
 use crate::metrics::Metrics;
@@ -51,6 +52,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Paused, resumed and shown at `/upstreams`.
     pub upstreams: Arc<Upstreams>,
+    /// Supervised backends: restarted, and their process shown at `/upstreams`.
+    pub backends: Arc<Backends>,
     /// The bearer token `POST`s must carry, if one is configured.
     pub token: Option<String>,
 }
@@ -133,17 +136,31 @@ async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Admi
             resp
         }
         "/upstreams" => {
-            let list: Vec<_> = admin.upstreams.iter().map(|u| u.status()).collect();
+            let list: Vec<_> = admin.upstreams.iter().map(|u| upstream_json(admin, u)).collect();
             json_response(StatusCode::OK, &json!({ "upstreams": list }))
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics or /upstreams\n"),
     }
 }
 
-/// `POST /upstreams/{name}/{pause|resume}`.
+/// An upstream's state, with its supervised `process` when it has one.
+fn upstream_json(admin: &Admin, upstream: &Upstream) -> serde_json::Value {
+    let mut value = json!(upstream.status());
+    if let Some(process) = admin.backends.status_of(&upstream.name) {
+        value["process"] = json!(process);
+    }
+    value
+}
+
+/// `POST /upstreams/{name}/{pause|resume|restart}`.
 async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> AdminResponse {
-    let Some((name, action)) = rest.split_once('/').filter(|(_, a)| matches!(*a, "pause" | "resume")) else {
-        return text(StatusCode::NOT_FOUND, "not found: use POST /upstreams/{name}/pause or /resume\n");
+    let Some((name, action)) =
+        rest.split_once('/').filter(|(_, a)| matches!(*a, "pause" | "resume" | "restart"))
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: use POST /upstreams/{name}/pause, /resume or /restart\n",
+        );
     };
     if req.method() != Method::POST {
         return not_allowed("POST");
@@ -164,6 +181,7 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
         Err(why) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": why })),
     };
     let done = match action {
+        "restart" => return restart(admin, name).await,
         "pause" => pause(upstream, &query).await,
         _ => upstream
             .resume(query.addr.as_deref())
@@ -173,6 +191,19 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
         let error = format!("upstream {name:?} has no address {:?}", query.addr.unwrap_or_default());
         json_response(StatusCode::NOT_FOUND, &json!({ "error": error, "addrs": addrs }))
     })
+}
+
+/// Restarts the upstream's supervised backend: 200 with the report once it serves again,
+/// 502 if the new process did not come up, 409 if the upstream has no `process`.
+async fn restart(admin: &Admin, name: &str) -> AdminResponse {
+    match admin.backends.restart(name).await {
+        Some(Ok(report)) => json_response(StatusCode::OK, &json!(report)),
+        Some(Err(why)) => json_response(StatusCode::BAD_GATEWAY, &json!({ "upstream": name, "error": why })),
+        None => json_response(
+            StatusCode::CONFLICT,
+            &json!({ "upstream": name, "error": "no [upstream.NAME.process]: lameduck does not run this backend" }),
+        ),
+    }
 }
 
 /// Pauses, then waits until nothing is in flight: 200, or 504 at the timeout.

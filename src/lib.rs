@@ -47,6 +47,9 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+// Child processes: process groups, signals, waitpid.
+#[allow(unsafe_code)]
+pub mod backend;
 pub mod check;
 pub mod config;
 #[cfg(test)]

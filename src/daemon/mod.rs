@@ -30,6 +30,8 @@ use tracing::{error, info, warn};
 use shutdown::{Running, Trigger};
 use signals::{next_drain_signal, Signals};
 
+use crate::backend::reap::Reaper;
+use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::Drain;
 use crate::listener::{Acceptor, ListenError, Stop};
@@ -55,6 +57,8 @@ pub enum StartupError {
     Tls(Vec<String>),
     /// `[admin] token_file` could not be read, or holds no token.
     AdminToken(String),
+    /// A supervised backend did not start, or did not accept connections in time.
+    Backend(String),
 }
 
 impl fmt::Display for StartupError {
@@ -64,7 +68,7 @@ impl fmt::Display for StartupError {
             StartupError::Listen(e) => e.fmt(f),
             StartupError::Setup(_) => f.write_str("cannot set up the runtime"),
             StartupError::Tls(problems) => write!(f, "tls: {}", problems.join("; ")),
-            StartupError::AdminToken(why) => f.write_str(why),
+            StartupError::AdminToken(why) | StartupError::Backend(why) => f.write_str(why),
         }
     }
 }
@@ -74,7 +78,7 @@ impl std::error::Error for StartupError {
         match self {
             StartupError::Listen(e) => e.source(),
             StartupError::Setup(source) => Some(source),
-            StartupError::Tls(_) | StartupError::AdminToken(_) => None,
+            StartupError::Tls(_) | StartupError::AdminToken(_) | StartupError::Backend(_) => None,
         }
     }
 }
@@ -101,7 +105,7 @@ pub fn run(config: Config, inherited: Inherited) -> Result<Outcome, StartupError
 async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, StartupError> {
     let mut signals = Signals::install().map_err(StartupError::Setup)?;
     let notifier = Notifier::from_env();
-    let running = match start(config, &mut inherited, notifier).await {
+    let mut running = match start(config, &mut inherited, notifier).await {
         Ok(running) => running,
         Err(e) => {
             inherited.report_to_predecessor(&format!("{e}\n"));
@@ -117,7 +121,7 @@ async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, Star
     inherited.report_to_predecessor("ready\n");
     status::spawn_serving_reporters(running.drain.watch(), notifier);
 
-    let trigger = serve_until_trigger(&running, &mut signals).await;
+    let trigger = serve_until_trigger(&mut running, &mut signals).await;
     Ok(shutdown::drain_and_exit(running, &mut signals, trigger).await)
 }
 
@@ -150,6 +154,8 @@ async fn start(
             warn!(unknown = %gone.join(","), "the previous process had paused upstreams this config lacks");
         }
     }
+    let (died_tx, died) = mpsc::unbounded_channel();
+    let backends = Arc::new(start_backends(&config, &upstreams, died_tx).await?);
     let proxy = Arc::new(Proxy::new(
         config.routes.clone(),
         upstreams.clone(),
@@ -190,12 +196,46 @@ async fn start(
             drain: drain.watch(),
             metrics,
             upstreams: upstreams.clone(),
+            backends: backends.clone(),
             token: token.flatten(),
         };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
     info!(workers = config.workers, pid = std::process::id(), "ready");
-    Ok(Running { config, drain, stats, tunnels, upstreams, stop, accept_loops, listener_fds, notifier })
+    Ok(Running {
+        config,
+        drain,
+        stats,
+        tunnels,
+        upstreams,
+        backends,
+        died,
+        stop,
+        accept_loops,
+        listener_fds,
+        notifier,
+    })
+}
+
+/// Starts the reaper when lameduck must wait for children it did not start itself (as PID
+/// 1) or for backends it supervises, then the backends, each until it accepts.
+async fn start_backends(
+    config: &Config,
+    upstreams: &Upstreams,
+    died: mpsc::UnboundedSender<String>,
+) -> Result<Backends, StartupError> {
+    let supervises = config.upstreams.iter().any(|u| u.process.is_some());
+    if !supervises && !is_pid1() {
+        return Ok(Backends::default());
+    }
+    let reaper = Reaper::start().map_err(StartupError::Setup)?;
+    Backends::start(&config.upstreams, upstreams, &reaper, died).await.map_err(StartupError::Backend)
+}
+
+/// Whether lameduck runs as PID 1 (a container's entrypoint): orphans are its to reap, and
+/// its exit ends the whole PID namespace.
+fn is_pid1() -> bool {
+    std::process::id() == 1
 }
 
 /// The upstream groups of `config`, with `tls` client configs for https ones.
@@ -220,7 +260,7 @@ fn close_settings(drain: &DrainConfig) -> CloseSettings {
 }
 
 /// Serves until a drain signal, or until a successor started by SIGHUP is ready.
-async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigger {
+async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Trigger {
     let program = Program::current();
     let (reload_tx, mut reload_rx) = mpsc::channel::<Result<u32, String>>(1);
     let mut reloading: Option<JoinHandle<()>> = None;
@@ -235,7 +275,17 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
                 }
                 return Trigger::Signal(signal);
             }
+            Some(upstream) = running.died.recv() => return Trigger::BackendDied(upstream),
+            _ = signals.usr1.recv() => {
+                info!("SIGUSR1: restarting every supervised backend");
+                let backends = running.backends.clone();
+                tokio::spawn(async move { backends.restart_all().await });
+            }
             _ = signals.hup.recv() => {
+                if let Some(why) = upgrade_refused(running) {
+                    warn!(reason = why, "SIGHUP: binary upgrade refused");
+                    continue;
+                }
                 if reloading.is_some() {
                     info!("reload already under way; SIGHUP ignored");
                     continue;
@@ -267,6 +317,19 @@ async fn serve_until_trigger(running: &Running, signals: &mut Signals) -> Trigge
             }
         }
     }
+}
+
+/// Why a re-exec upgrade cannot be done here, if it cannot: a successor would start a
+/// second backend on the same port, and the reaper would take its exit status; as PID 1 the
+/// old process's exit would end the namespace, successor included.
+fn upgrade_refused(running: &Running) -> Option<&'static str> {
+    if !running.backends.is_empty() {
+        return Some("supervised backends: a new process would start a second backend on the same port; restart the service instead, or restart a backend with POST /upstreams/NAME/restart or SIGUSR1");
+    }
+    if is_pid1() {
+        return Some("running as PID 1: the old process's exit would end the container; upgrade by replacing the container");
+    }
+    None
 }
 
 fn log_routes(config: &Config) {

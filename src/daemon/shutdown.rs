@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::signals::Signals;
 use super::status;
+use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::{Drain, Phase};
 use crate::listener::Stop;
@@ -40,6 +41,9 @@ pub enum Outcome {
     Drained,
     /// The deadline or a second signal cut connections: exit status 2.
     Cut,
+    /// A supervised backend with `restart = "never"` died; lameduck drained and exits with
+    /// status 3, for the service manager to restart the whole unit.
+    BackendDied,
 }
 
 impl Outcome {
@@ -48,6 +52,7 @@ impl Outcome {
         match self {
             Outcome::Drained => 0,
             Outcome::Cut => 2,
+            Outcome::BackendDied => 3,
         }
     }
 }
@@ -58,6 +63,8 @@ pub(super) enum Trigger {
     Signal(&'static str),
     /// A successor (this pid) serves now.
     HandedOver(u32),
+    /// The supervised backend of this upstream died, and is not to be restarted.
+    BackendDied(String),
 }
 
 /// The serving daemon: what the drain needs once serving ends.
@@ -70,6 +77,10 @@ pub(super) struct Running {
     pub(super) tunnels: Tunnels,
     /// Their held requests are answered at a handover or at the deadline.
     pub(super) upstreams: Arc<Upstreams>,
+    /// Stopped once the drain is over, never before.
+    pub(super) backends: Arc<Backends>,
+    /// Names the upstream whose backend died with `restart = "never"`.
+    pub(super) died: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// Tells the accept loops to stop; they end by closing their listeners.
     pub(super) stop: watch::Sender<Stop>,
     pub(super) accept_loops: Vec<JoinHandle<()>>,
@@ -92,9 +103,11 @@ struct Plan {
 
 /// Runs the drain after `trigger` and returns how it ended.
 pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stats, tunnels, upstreams, stop, accept_loops, notifier, .. } = running;
+    let Running { config, drain, stats, tunnels, upstreams, backends, stop, accept_loops, notifier, .. } =
+        running;
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
+    let backend_died = matches!(trigger, Trigger::BackendDied(_));
     let plan = announce(trigger, &config.drain, notifier, &stats);
     let outcome = match serve_grace(&drain, plan.grace, signals).await {
         Err(cut) => cut,
@@ -114,8 +127,33 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
             outcome
         }
     };
-    log_summary(&drain, &stats, started.elapsed(), outcome);
+    // Cut before the deadline: by a second signal, which kills the backends at once too.
+    let kill_now = outcome == Outcome::Cut && Instant::now() < deadline;
+    let backends = stop_backends(&backends, signals, kill_now).await;
+    let outcome = if backend_died { Outcome::BackendDied } else { outcome };
+    log_summary(&drain, &stats, started.elapsed(), outcome, &backends);
     outcome
+}
+
+/// Step 6, once nothing is left to drain (or it was cut): the supervised backends get their
+/// stop signal — only now, so everything in flight to them has finished. A drain cut by a
+/// second signal kills them at once, and so does a signal while they stop.
+async fn stop_backends(backends: &Backends, signals: &mut Signals, kill_now: bool) -> String {
+    if backends.is_empty() {
+        return String::new();
+    }
+    let stopping = backends.stop_all(kill_now);
+    tokio::pin!(stopping);
+    let endings = tokio::select! {
+        endings = &mut stopping => endings,
+        signal = signals.drain_signal() => {
+            warn!(signal, "signal while the backends stop; killing them");
+            backends.kill_all();
+            stopping.await
+        }
+    };
+    let endings: Vec<String> = endings.iter().map(|(upstream, how)| format!("{upstream}: {how}")).collect();
+    endings.join("; ")
 }
 
 /// Step 1: says why the drain starts, and to whom it matters.
@@ -127,6 +165,11 @@ fn announce(trigger: Trigger, config: &DrainConfig, notifier: Notifier, stats: &
             info!(signal, grace_secs = config.grace.as_secs_f64(), deadline_secs, "drain started");
             notifier.stopping();
             Plan { grace: config.grace, stop: Stop::TakeBacklogAndClose, handed_over: false, notifier }
+        }
+        Trigger::BackendDied(upstream) => {
+            warn!(upstream.name = %upstream, deadline_secs, "drain started: the backend died and restart = \"never\"");
+            notifier.stopping();
+            Plan { grace: Duration::ZERO, stop: Stop::TakeBacklogAndClose, handed_over: false, notifier }
         }
         Trigger::HandedOver(pid) => {
             info!(successor.pid = pid, deadline_secs, "handed over to the new process; draining");
@@ -231,8 +274,8 @@ fn cut_by_signal(signal: &str) -> Outcome {
     Outcome::Cut
 }
 
-/// The one summary line of every exit.
-fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome) {
+/// The one summary line of every exit; `backends` says how each supervised backend ended.
+fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome, backends: &str) {
     let open = drain.snapshot();
     let counts = stats.counts();
     let cut = |n| if outcome == Outcome::Cut { n } else { 0 };
@@ -245,6 +288,7 @@ fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome) {
         tunnels.closed = counts.tunnels_closed,
         tunnels.cut = counts.tunnels_cut + cut(open.tunnels as u64),
         connections.cut = cut(open.open as u64),
+        backends = backends,
         "exit"
     );
 }

@@ -10,15 +10,18 @@ pub(super) struct Signals {
     pub(super) term: Signal,
     pub(super) int: Signal,
     pub(super) hup: Signal,
+    /// Restart every supervised backend.
+    pub(super) usr1: Signal,
 }
 
 impl Signals {
-    /// Installs the handlers for SIGTERM, SIGINT and SIGHUP.
+    /// Installs the handlers for SIGTERM, SIGINT, SIGHUP and SIGUSR1.
     pub(super) fn install() -> io::Result<Self> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
