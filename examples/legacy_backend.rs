@@ -47,6 +47,7 @@ async fn main() -> std::io::Result<()> {
     // The bound address: a port given as 0 is a real one now.
     let addr = listener.local_addr()?;
     println!("legacy backend on http://{addr} (no graceful shutdown: SIGTERM kills it mid-request)");
+    tokio::spawn(die_on_sigterm());
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -55,6 +56,16 @@ async fn main() -> std::io::Result<()> {
             let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
         });
     }
+}
+
+/// No graceful shutdown: on SIGTERM it says so and exits at once, cutting whatever it was
+/// doing, with the status a process killed by SIGTERM has (128 + 15).
+async fn die_on_sigterm() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    term.recv().await;
+    eprintln!("legacy backend: got SIGTERM; exiting now, mid-request");
+    std::process::exit(143);
 }
 
 async fn handle(req: Request<Incoming>, me: SocketAddr) -> Result<Response<Body>, Infallible> {

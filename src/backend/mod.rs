@@ -313,7 +313,11 @@ impl Actor {
         commands: &mut mpsc::Receiver<Command>,
     ) -> Option<(bool, oneshot::Sender<String>)> {
         let how = format!("exited with {}", status.map_or_else(|| "an unknown status".to_owned(), describe));
-        warn!(upstream.name = %self.name(), exit = %how, restart = ?self.config.restart, "backend exited by itself");
+        let restart = match self.config.restart {
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        };
+        warn!(upstream.name = %self.name(), exit = %how, restart, "backend exited by itself");
         {
             let mut status = lock(&self.status);
             status.last_exit = Some(how);

@@ -124,7 +124,7 @@ pub async fn wait_ready(addrs: &[UpstreamAddr], within: Duration, child: &mut Ch
         }
         tokio::select! {
             status = &mut child.exited => {
-                let status = status.map_or_else(|_| "an unknown status".to_owned(), |s| describe(s));
+                let status = status.map_or_else(|_| "an unknown status".to_owned(), describe);
                 return Err(format!("exited with {status} before it accepted on {}", shown.join(" or ")));
             }
             _ = tokio::time::sleep_until((Instant::now() + READY_PROBE).min(give_up)) => {}
