@@ -237,7 +237,7 @@ impl Actor {
         loop {
             let exited = async {
                 match self.child.as_mut() {
-                    Some(child) => (&mut child.exited).await.ok(),
+                    Some(child) => child.exit().await,
                     None => std::future::pending().await,
                 }
             };
@@ -255,6 +255,9 @@ impl Actor {
                 }
                 Event::Command(Some(Command::Restart(reply))) => {
                     let restarted = self.restart().await;
+                    if let Err(why) = &restarted {
+                        error!(upstream.name = %self.name(), error = %why, "backend restart failed; upstream stays paused while it is started again");
+                    }
                     let failed = restarted.is_err();
                     let _ = reply.send(restarted);
                     if failed {
@@ -294,7 +297,7 @@ impl Actor {
         if let Err(why) = wait_ready(&self.addrs, self.config.ready_timeout, &mut child).await {
             // Still running but not accepting: it goes, with its group.
             signal_group(pid, libc::SIGKILL);
-            let _ = tokio::time::timeout(KILL_WAIT, &mut child.exited).await;
+            let _ = tokio::time::timeout(KILL_WAIT, child.exit()).await;
             self.set("backoff", None);
             lock(&self.status).last_exit = Some(why.clone());
             return Err(why);
@@ -417,13 +420,13 @@ impl Actor {
         let signal = if kill_now { libc::SIGKILL } else { self.config.stop_signal };
         info!(upstream.name = %self.name(), pid = child.pid, signal, "backend stopping");
         signal_group(child.pid, signal);
-        let how = match tokio::time::timeout(self.config.stop_timeout, &mut child.exited).await {
+        let how = match tokio::time::timeout(self.config.stop_timeout, child.exit()).await {
             Ok(status) => {
-                format!("exited with {}", status.map_or_else(|_| "an unknown status".to_owned(), describe))
+                format!("exited with {}", status.map_or_else(|| "an unknown status".to_owned(), describe))
             }
             Err(_) => {
                 signal_group(child.pid, libc::SIGKILL);
-                let _ = tokio::time::timeout(KILL_WAIT, &mut child.exited).await;
+                let _ = tokio::time::timeout(KILL_WAIT, child.exit()).await;
                 format!(
                     "killed after stop_timeout ({})",
                     humantime::format_duration(self.config.stop_timeout)

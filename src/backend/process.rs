@@ -38,7 +38,21 @@ pub struct Child {
     /// Its pid, which is also its process group's id.
     pub pid: u32,
     /// Resolves when it has ended.
-    pub exited: oneshot::Receiver<ExitStatus>,
+    exited: oneshot::Receiver<ExitStatus>,
+    /// How it ended, once [`Child::exit`] has seen it (`Some(None)`: the reaper is gone).
+    ended: Option<Option<ExitStatus>>,
+}
+
+impl Child {
+    /// Waits until the process has ended; again and again, once it has. Cancel-safe.
+    pub async fn exit(&mut self) -> Option<ExitStatus> {
+        if let Some(ended) = self.ended {
+            return ended;
+        }
+        let ended = (&mut self.exited).await.ok();
+        self.ended = Some(ended);
+        ended
+    }
 }
 
 /// Starts `config.command` in a process group of its own (so that a terminal's Ctrl-C, or
@@ -59,9 +73,8 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     }
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn()?;
+    let mut child = reaper.spawn(&mut command)?;
     let pid = child.id();
-    reaper.expect(pid);
     if let Some(out) = child.stdout.take() {
         forward_lines(upstream, "stdout", OwnedFd::from(out));
     }
@@ -70,7 +83,7 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     }
     // Dropping a std Child neither waits nor kills: the reaper has its status.
     drop(child);
-    Ok(Child { pid, exited: reaper.exit_of(pid) })
+    Ok(Child { pid, exited: reaper.exit_of(pid), ended: None })
 }
 
 /// Logs each line the backend writes to `fd` as a `backend output` event.
@@ -123,8 +136,8 @@ pub async fn wait_ready(addrs: &[UpstreamAddr], within: Duration, child: &mut Ch
             ));
         }
         tokio::select! {
-            status = &mut child.exited => {
-                let status = status.map_or_else(|_| "an unknown status".to_owned(), describe);
+            status = child.exit() => {
+                let status = status.map_or_else(|| "an unknown status".to_owned(), describe);
                 return Err(format!("exited with {status} before it accepted on {}", shown.join(" or ")));
             }
             _ = tokio::time::sleep_until((Instant::now() + READY_PROBE).min(give_up)) => {}

@@ -54,10 +54,17 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Notes that `pid` (just spawned) will be asked about, so that its status is kept even
-    /// if it ends before [`Reaper::exit_of`] is called.
-    pub fn expect(&self, pid: u32) {
-        self.lock().expected.push(pid);
+    /// Spawns `command`, noting its pid before any SIGCHLD can be handled: the reaper holds
+    /// the lock meanwhile, so a child that ends at once is kept for [`Reaper::exit_of`], not
+    /// taken for an orphan.
+    ///
+    /// # Errors
+    /// When the program cannot be started.
+    pub fn spawn(&self, command: &mut std::process::Command) -> io::Result<std::process::Child> {
+        let mut exits = self.lock();
+        let child = command.spawn()?;
+        exits.expected.push(child.id());
+        Ok(child)
     }
 
     /// Resolves with the exit status of `pid`, a child of this process.

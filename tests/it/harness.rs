@@ -2,7 +2,9 @@
 //! ([`Lameduck`]), scriptable hyper backends ([`Backend`]) and clients — a raw
 //! socket ([`RawConn`]) for exact wire bytes, a hyper HTTP/1.1 client on one
 //! keep-alive connection ([`H1Client`]) and an h2c prior-knowledge client
-//! ([`H2Client`], optionally behind a frame tap that reports GOAWAY).
+//! ([`H2Client`], optionally behind a frame tap that reports GOAWAY) — and the demo
+//! backend (`examples/legacy_backend.rs`) as a real process, with load to run against it
+//! ([`BackendProcess`], [`Load`]).
 //!
 //! Rules the helpers keep so the tests can: every wait is bounded and panics
 //! (with the daemon's log) when the bound passes; ports always come from
@@ -15,6 +17,7 @@ mod backend;
 mod body;
 mod client;
 mod daemon;
+mod demo;
 mod raw;
 
 // The harness's API: not every test module names every type.
@@ -29,6 +32,11 @@ pub use body::{
 pub use client::{fetch, tapped_h2, Fetched, FrameTap, H1Client, H2Client};
 #[allow(unused_imports)]
 pub use daemon::{binary, field_f64, field_str, is_access_line, message, Finished, Lameduck, Logs, Starting};
+#[allow(unused_imports)]
+pub use demo::{
+    admin, backend_binary, num, poll, spawn_requests, upstream_where, Answer, BackendProcess, Exchange, Load,
+    Progress, Tally, CLIENTS, POLL, REQUEST_BOUND,
+};
 #[allow(unused_imports)]
 pub use raw::{raw_get, raw_request, RawConn, RawResponse};
 

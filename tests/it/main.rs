@@ -2,6 +2,7 @@
 //! concern, all sharing [`harness`]. Every test starts the real daemon with a
 //! config in a temp dir, real hyper backends and real clients.
 
+mod backend;
 mod bad_input;
 mod drain;
 mod harness;

@@ -11,7 +11,8 @@
 mod activation;
 mod load;
 mod notify;
-mod peer;
+// The notify socket and /proc helpers serve the supervised-backend tests (`backend.rs`) too.
+pub(crate) mod peer;
 mod reload;
 
 use std::net::SocketAddr;

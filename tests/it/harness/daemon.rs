@@ -7,7 +7,8 @@
 //!
 //! [`Lameduck::spawn`] is the same without the wait for `ready` ([`Starting`]),
 //! and lets the test edit the command first (environment, inherited fds), for
-//! tests that play systemd or expect a start-up failure. The daemon never
+//! tests that play systemd or expect a start-up failure; [`Lameduck::spawn_under`] runs
+//! the binary under a wrapper program (`unshare`, to make it PID 1). The daemon never
 //! inherits the test's own systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`,
 //! `WATCHDOG_*`): a test that wants them sets them.
 
@@ -168,14 +169,32 @@ pub fn binary() -> &'static str {
     BIN
 }
 
-fn spawn(path: &PathBuf, listen_pid: bool, configure: impl FnOnce(&mut Command)) -> Child {
-    let mut command = if listen_pid {
-        // The shell's pid becomes lameduck's at `exec`, so `$$` is the pid lameduck will have.
-        let mut command = Command::new("/bin/sh");
-        command.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"", BIN]);
-        command
-    } else {
-        Command::new(BIN)
+/// How the binary is started.
+#[derive(Debug, Clone, Copy)]
+enum Launch<'a> {
+    /// As the test's own child.
+    Direct,
+    /// exec'd by `/bin/sh` with `LISTEN_PID` set to the shell's (soon lameduck's) pid.
+    ListenPid,
+    /// By a program that runs it, its arguments first (`unshare --pid --fork …`).
+    Under(&'a [&'a str]),
+}
+
+fn spawn(path: &PathBuf, launch: Launch<'_>, configure: impl FnOnce(&mut Command)) -> Child {
+    let mut command = match launch {
+        Launch::Direct => Command::new(BIN),
+        Launch::ListenPid => {
+            // The shell's pid becomes lameduck's at `exec`, so `$$` is the pid lameduck will have.
+            let mut command = Command::new("/bin/sh");
+            command.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$0\" \"$@\"", BIN]);
+            command
+        }
+        Launch::Under([program, args @ ..]) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+        Launch::Under([]) => unreachable!("a wrapper names its program"),
     };
     command.arg("--config").arg(path).args(["--log-format", "json", "--log-level", "debug"]);
     for var in SYSTEMD_VARS {
@@ -221,9 +240,9 @@ impl Drop for DumpOnPanic {
 }
 
 impl Starting {
-    fn spawn(config: &str, listen_pid: bool, configure: impl FnOnce(&mut Command)) -> Starting {
+    fn spawn(config: &str, launch: Launch<'_>, configure: impl FnOnce(&mut Command)) -> Starting {
         let (dir, path) = write_config(config);
-        let mut child = spawn(&path, listen_pid, configure);
+        let mut child = spawn(&path, launch, configure);
         let pid = child.id().expect("child pid") as i32;
         let logs = Logs::read(child.stderr.take().expect("piped stderr"));
         let dump = DumpOnPanic(Some(logs.clone()));
@@ -289,14 +308,23 @@ impl Lameduck {
 
     /// Spawns the daemon (the command edited by `configure`) without waiting for `ready`.
     pub fn spawn(config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
-        Starting::spawn(config, false, configure)
+        Starting::spawn(config, Launch::Direct, configure)
     }
 
     /// Like [`Lameduck::spawn`], but the binary is exec'd by `/bin/sh` with
     /// `LISTEN_PID` set to its own pid, as systemd does for socket activation
     /// (the test sets `LISTEN_FDS` and puts the fds in place in `configure`).
     pub fn spawn_with_listen_pid(config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
-        Starting::spawn(config, true, configure)
+        Starting::spawn(config, Launch::ListenPid, configure)
+    }
+
+    /// Like [`Lameduck::spawn`], but the binary (with its arguments) is run by `wrapper`, a
+    /// program and its first arguments (`["unshare", "--pid", "--fork"]`). The handle's
+    /// [`pid`](Starting::pid), signals and exit status are the wrapper's; the test finds
+    /// lameduck's own pid among the wrapper's children.
+    pub fn spawn_under(wrapper: &[&str], config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
+        assert!(!wrapper.is_empty(), "a wrapper names its program");
+        Starting::spawn(config, Launch::Under(wrapper), configure)
     }
 
     pub fn pid(&self) -> i32 {
