@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -50,12 +51,12 @@ pub struct Admin {
     pub drain: DrainWatch,
     /// Rendered at `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Paused, resumed and shown at `/upstreams`.
-    pub upstreams: Arc<Upstreams>,
+    /// Paused, resumed and shown at `/upstreams`; swapped by a reload.
+    pub upstreams: Arc<ArcSwap<Upstreams>>,
     /// Supervised backends: restarted, and their process shown at `/upstreams`.
     pub backends: Arc<Backends>,
-    /// The bearer token `POST`s must carry, if one is configured.
-    pub token: Option<String>,
+    /// The bearer token `POST`s must carry, if one is configured; swapped by a reload.
+    pub token: Arc<ArcSwap<Option<String>>>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -136,7 +137,7 @@ async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Admi
             resp
         }
         "/upstreams" => {
-            let list: Vec<_> = admin.upstreams.iter().map(|u| upstream_json(admin, u)).collect();
+            let list: Vec<_> = admin.upstreams.load().iter().map(|u| upstream_json(admin, u)).collect();
             json_response(StatusCode::OK, &json!({ "upstreams": list }))
         }
         _ => text(StatusCode::NOT_FOUND, "not found: try /healthz, /readyz, /metrics or /upstreams\n"),
@@ -165,15 +166,15 @@ async fn upstream_action(admin: &Admin, req: &Request<Incoming>, rest: &str) -> 
     if req.method() != Method::POST {
         return not_allowed("POST");
     }
-    if !authorized(admin.token.as_deref(), req) {
+    if !authorized(admin.token.load().as_deref(), req) {
         let mut resp =
             json_response(StatusCode::UNAUTHORIZED, &json!({ "error": "missing or wrong bearer token" }));
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     }
-    let Some(upstream) = admin.upstreams.by_name(name) else {
-        let body =
-            json!({ "error": format!("unknown upstream {name:?}"), "upstreams": admin.upstreams.names() });
+    let upstreams = admin.upstreams.load_full();
+    let Some(upstream) = upstreams.by_name(name) else {
+        let body = json!({ "error": format!("unknown upstream {name:?}"), "upstreams": upstreams.names() });
         return json_response(StatusCode::NOT_FOUND, &body);
     };
     let query = match Query::parse(req.uri().query().unwrap_or("")) {

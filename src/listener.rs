@@ -25,6 +25,8 @@ use crate::proxy::conn::{ConnInfo, ConnServer};
 use crate::systemd::{InheritedSocket, Notifier, Origin};
 use crate::tls::ListenerTls;
 
+use arc_swap::ArcSwap;
+
 /// Kernel accept queue length; the backlog is what holds clients while lameduck is at its
 /// connection limit.
 const BACKLOG: i32 = 1024;
@@ -144,6 +146,14 @@ pub fn open_all(
     }
 }
 
+/// A freshly bound socket for a listener a reload adds (parked in the fd store).
+///
+/// # Errors
+/// [`ListenError::Bind`] when the address cannot be bound.
+pub fn open_new(addr: SocketAddr, notifier: Notifier) -> Result<Opened, ListenError> {
+    open_one(None, addr, notifier)
+}
+
 /// The inherited socket for `addr`, or a freshly bound one (parked in the fd store).
 fn open_one(
     inherited: Option<InheritedSocket>,
@@ -226,16 +236,23 @@ pub enum Stop {
 /// Everything a listener's connections are served with.
 #[derive(Debug, Clone)]
 pub struct Acceptor {
-    /// Set for TLS listeners.
-    pub tls: Option<ListenerTls>,
-    /// Serves accepted connections.
-    pub server: Arc<ConnServer>,
+    /// How connections are served now: swapped by a reload, loaded once per connection.
+    pub live: Arc<ArcSwap<ListenerLive>>,
     /// Registers each connection with the drain.
     pub drain: DrainWatch,
     /// `max_connections` slots.
     pub slots: Arc<Semaphore>,
     /// Whether a drain takes the backlog before closing (see [`Stop::TakeBacklogAndClose`]).
     pub takes_backlog: bool,
+}
+
+/// What a listener serves its next connection with, as the config says now.
+#[derive(Debug)]
+pub struct ListenerLive {
+    /// Serves accepted connections.
+    pub server: Arc<ConnServer>,
+    /// Set for TLS listeners: the certificates new handshakes use.
+    pub tls: Option<ListenerTls>,
 }
 
 /// Accepts connections on `listener` and serves each on its own task (after a TLS handshake
@@ -283,8 +300,10 @@ impl Acceptor {
     /// Registers `stream` with the drain and serves it on its own task.
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let guard = self.drain.conn_guard(Some(slot));
-        let (server, drain, tls) = (self.server.clone(), self.drain.clone(), self.tls.clone());
+        let live = self.live.load_full();
+        let drain = self.drain.clone();
         tokio::spawn(async move {
+            let ListenerLive { server, tls } = &*live;
             if let Err(e) = stream.set_nodelay(true) {
                 debug!(client.addr = %peer, error = %e, "set TCP_NODELAY failed");
             }
@@ -294,7 +313,7 @@ impl Acceptor {
                     server.serve(stream, info, guard, drain).await;
                 }
                 // Boxed: the handshake's state would otherwise enlarge every connection's task.
-                Some(tls) => Box::pin(serve_tls(&server, &tls, stream, peer, guard, drain)).await,
+                Some(tls) => Box::pin(serve_tls(server, tls, stream, peer, guard, drain)).await,
             }
         });
     }

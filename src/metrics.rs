@@ -8,6 +8,8 @@ use prometheus_client::registry::Registry;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::drain::{DrainWatch, Phase};
 use crate::stats::Stats;
 use crate::upstream::Upstreams;
@@ -25,7 +27,7 @@ pub struct Metrics {
     completed_after_signal: Gauge,
     rejected: Gauge,
     tunnels_closed: Gauge,
-    upstreams: Arc<Upstreams>,
+    upstreams: Arc<ArcSwap<Upstreams>>,
     /// `lameduck_upstream_held{upstream}`.
     held: Family<Vec<(&'static str, String)>, Gauge>,
     /// `lameduck_upstream_paused{upstream}`: 1 when every address is paused.
@@ -34,7 +36,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics that read their values from `drain`, `stats` and `upstreams`.
-    pub fn new(drain: DrainWatch, stats: Arc<Stats>, upstreams: Arc<Upstreams>) -> Self {
+    pub fn new(drain: DrainWatch, stats: Arc<Stats>, upstreams: Arc<ArcSwap<Upstreams>>) -> Self {
         let mut registry = Registry::with_prefix("lameduck");
         let mut gauge = |name: &str, help: &str| {
             let g = Gauge::default();
@@ -89,7 +91,7 @@ impl Metrics {
         self.completed_after_signal.set(counts.completed_after_signal as i64);
         self.rejected.set(counts.requests_rejected as i64);
         self.tunnels_closed.set(counts.tunnels_closed as i64);
-        for upstream in self.upstreams.iter() {
+        for upstream in self.upstreams.load().iter() {
             let labels = vec![("upstream", upstream.name.to_string())];
             self.held.get_or_create(&labels).set(upstream.held() as i64);
             self.paused.get_or_create(&labels).set(i64::from(upstream.all_paused()));

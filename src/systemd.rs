@@ -184,13 +184,9 @@ impl Notifier {
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=`, as systemd wants for a reload.
-    pub fn reloading(self) {
+    pub fn reloading(self, status: &str) {
         match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[
-                NotifyState::Reloading,
-                now,
-                NotifyState::Status("reloading: starting a new process"),
-            ]),
+            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status(status)]),
             Err(e) => debug!(error = %e, "no monotonic clock for RELOADING"),
         }
     }

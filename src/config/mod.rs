@@ -67,7 +67,7 @@ pub struct CertKeyFiles {
 }
 
 /// A named group of upstream addresses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// The name routes use, and the only thing clients ever learn about it.
     pub name: String,

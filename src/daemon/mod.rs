@@ -1,16 +1,20 @@
-//! The daemon's lifecycle: open listeners, serve, re-exec on SIGHUP, and on a drain signal
-//! drain and decide the exit status.
+//! The daemon's lifecycle: open listeners, start supervised backends, serve, reload in place
+//! on SIGHUP, re-exec on SIGUSR2, and on a drain signal drain and decide the exit status.
 //!
 //! ```text
 //!  Serving --SIGTERM/SIGINT--> Grace --grace over--> Draining --count == 0--> exit 0
-//!     |                                                 `--deadline--> cut all, exit 2
-//!     `--SIGHUP, successor ready--> HandedOver (winds down like Draining, but forwards)
+//!   |  ^                                                `--deadline--> cut all, exit 2
+//!   |  `--SIGHUP: config swapped in place ([`reload`]); nothing open is touched
+//!   |--SIGUSR1: supervised backends restarted
+//!   |--a supervised backend died, restart = "never" --> Draining ... exit 3
+//!   `--SIGUSR2, successor ready--> HandedOver (winds down like Draining, but forwards)
 //!                                      `--SIGTERM/SIGINT--> Draining
 //!  a second SIGTERM/SIGINT at any point after the first ------------> exit 2 at once
 //! ```
 //! Signal handlers are installed before anything is bound, so an early signal drains too.
 //! The drain itself is [`shutdown`]'s, in named steps; what systemd is told is [`status`]'s.
 
+mod reload;
 mod shutdown;
 mod signals;
 mod status;
@@ -19,9 +23,11 @@ pub use shutdown::Outcome;
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -34,10 +40,10 @@ use crate::backend::reap::Reaper;
 use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::Drain;
-use crate::listener::{Acceptor, ListenError, Stop};
+use crate::listener::{Acceptor, ListenError, ListenerLive, Opened, Stop};
 use crate::metrics::Metrics;
 use crate::proxy::conn::ConnServer;
-use crate::proxy::Proxy;
+use crate::proxy::{LiveProxy, Proxy};
 use crate::reexec::Program;
 use crate::stats::Stats;
 use crate::systemd::{Inherited, Notifier};
@@ -156,48 +162,32 @@ async fn start(
     }
     let (died_tx, died) = mpsc::unbounded_channel();
     let backends = Arc::new(start_backends(&config, &upstreams, died_tx).await?);
-    let proxy = Arc::new(Proxy::new(
-        config.routes.clone(),
-        upstreams.clone(),
-        config.drain.retry_after,
-        tunnels.clone(),
-        stats.clone(),
-    ));
-    let server = Arc::new(ConnServer::new(proxy, &config.limits, config.drain.idle_linger));
+    let proxy: LiveProxy =
+        Arc::new(ArcSwap::from_pointee(build_proxy(&config, upstreams.clone(), &tunnels, &stats)));
+    let upstreams = Arc::new(ArcSwap::new(upstreams));
+    let server = Arc::new(ConnServer::new(proxy.clone(), &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
-    let mut accept_loops = Vec::new();
-    let mut listener_fds = Vec::new();
-    let (stop, stop_rx) = watch::channel(Stop::No);
+    let mut listeners = Vec::new();
     for ((opened, tls), entry) in opened.listeners.into_iter().zip(tls.listeners).zip(&config.listeners) {
-        let listener = TcpListener::from_std(opened.listener)
-            .map_err(|source| StartupError::Listen(ListenError::Bind { addr: entry.addr, source }))?;
-        let addr = listener.local_addr().map_err(StartupError::Setup)?;
-        info!(listener.addr = %addr, tls = tls.is_some(), source = opened.source, "listening");
-        listener_fds.push(listener.as_raw_fd());
-        let acceptor = Acceptor {
-            tls,
-            server: server.clone(),
-            drain: drain.watch(),
-            slots: slots.clone(),
-            takes_backlog: !opened.held_by_systemd,
-        };
-        let task = listener::accept_loop(listener, acceptor, stop_rx.clone());
-        accept_loops.push(tokio::spawn(task));
+        let live = ListenerLive { server: server.clone(), tls };
+        listeners.push(Serving::start(entry.addr, opened, live, &drain, &slots)?);
     }
     log_routes(&config);
+    let admin_token = Arc::new(ArcSwap::from_pointee(token.flatten()));
+    let mut admin_fd = None;
     if let Some(admin) = opened.admin {
         let admin_listener = TcpListener::from_std(admin.listener).map_err(StartupError::Setup)?;
         let addr = admin_listener.local_addr().map_err(StartupError::Setup)?;
         info!(admin.addr = %addr, source = admin.source, "admin listening");
         // Handed to a successor too; this process stops accepting on it at the handover.
-        listener_fds.push(admin_listener.as_raw_fd());
+        admin_fd = Some(admin_listener.as_raw_fd());
         let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone(), upstreams.clone()));
         let admin = admin::Admin {
             drain: drain.watch(),
             metrics,
             upstreams: upstreams.clone(),
             backends: backends.clone(),
-            token: token.flatten(),
+            token: admin_token.clone(),
         };
         tokio::spawn(admin::serve(admin_listener, Arc::new(admin)));
     }
@@ -210,11 +200,67 @@ async fn start(
         upstreams,
         backends,
         died,
-        stop,
-        accept_loops,
-        listener_fds,
+        proxy,
+        listeners,
+        slots,
+        admin_fd,
+        admin_token,
         notifier,
     })
+}
+
+/// The proxy for `config` over `upstreams`: routes, `Retry-After`, and the tunnels.
+fn build_proxy(config: &Config, upstreams: Arc<Upstreams>, tunnels: &Tunnels, stats: &Arc<Stats>) -> Proxy {
+    Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels.clone(), stats.clone())
+}
+
+/// One listener being served: what a reload swaps, and what a drain or a reload stops.
+pub(super) struct Serving {
+    /// The `[[listen]] addr` it was configured as (a reload matches entries by it).
+    pub(super) configured: SocketAddr,
+    /// The socket's fd, for a successor to inherit.
+    pub(super) fd: RawFd,
+    /// What new connections are served with.
+    pub(super) live: Arc<ArcSwap<ListenerLive>>,
+    /// Stops its accept loop, which then closes the socket.
+    pub(super) stop: watch::Sender<Stop>,
+    pub(super) task: JoinHandle<()>,
+    /// systemd passed the socket (socket activation): a reload cannot close or add such.
+    pub(super) from_socket_unit: bool,
+}
+
+impl Serving {
+    /// Starts accepting on `opened`, configured as `configured`.
+    fn start(
+        configured: SocketAddr,
+        opened: Opened,
+        live: ListenerLive,
+        drain: &Drain,
+        slots: &Arc<Semaphore>,
+    ) -> Result<Serving, StartupError> {
+        let listener = TcpListener::from_std(opened.listener)
+            .map_err(|source| StartupError::Listen(ListenError::Bind { addr: configured, source }))?;
+        let addr = listener.local_addr().map_err(StartupError::Setup)?;
+        info!(listener.addr = %addr, tls = live.tls.is_some(), source = opened.source, "listening");
+        let fd = listener.as_raw_fd();
+        let live = Arc::new(ArcSwap::from_pointee(live));
+        let acceptor = Acceptor {
+            live: live.clone(),
+            drain: drain.watch(),
+            slots: slots.clone(),
+            takes_backlog: !opened.held_by_systemd,
+        };
+        let (stop, stop_rx) = watch::channel(Stop::No);
+        let task = tokio::spawn(listener::accept_loop(listener, acceptor, stop_rx));
+        Ok(Serving {
+            configured,
+            fd,
+            live,
+            stop,
+            task,
+            from_socket_unit: opened.source == "socket-activation",
+        })
+    }
 }
 
 /// Starts the reaper when lameduck must wait for children it did not start itself (as PID
@@ -259,7 +305,8 @@ fn close_settings(drain: &DrainConfig) -> CloseSettings {
     }
 }
 
-/// Serves until a drain signal, or until a successor started by SIGHUP is ready.
+/// Serves until a drain signal, or until a successor started by SIGUSR2 is ready; reloads
+/// the config in place on SIGHUP.
 async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Trigger {
     let program = Program::current();
     let (reload_tx, mut reload_rx) = mpsc::channel::<Result<u32, String>>(1);
@@ -282,12 +329,20 @@ async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Tr
                 tokio::spawn(async move { backends.restart_all().await });
             }
             _ = signals.hup.recv() => {
+                if reloading.is_some() {
+                    info!("binary upgrade under way; SIGHUP ignored");
+                    continue;
+                }
+                info!("SIGHUP: reloading the configuration in place");
+                reload::reload(running).await;
+            }
+            _ = signals.usr2.recv() => {
                 if let Some(why) = upgrade_refused(running) {
-                    warn!(reason = why, "SIGHUP: binary upgrade refused");
+                    warn!(reason = why, "SIGUSR2: binary upgrade refused");
                     continue;
                 }
                 if reloading.is_some() {
-                    info!("reload already under way; SIGHUP ignored");
+                    info!("binary upgrade already under way; SIGUSR2 ignored");
                     continue;
                 }
                 let program = match &program {
@@ -297,10 +352,10 @@ async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Tr
                         continue;
                     }
                 };
-                info!("reload: starting a new process with the listening sockets");
-                running.notifier.reloading();
-                let (fds, tx) = (running.listener_fds.clone(), reload_tx.clone());
-                let paused = running.upstreams.paused_list();
+                info!("binary upgrade: starting a new process with the listening sockets");
+                running.notifier.reloading("upgrading: starting a new process");
+                let (fds, tx) = (running.listener_fds(), reload_tx.clone());
+                let paused = running.upstreams.load().paused_list();
                 reloading = Some(tokio::spawn(async move {
                     let _ = tx.send(program.spawn_successor(&fds, &paused).await).await;
                 }));
@@ -310,7 +365,7 @@ async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Tr
                 match result {
                     Ok(pid) => return Trigger::HandedOver(pid),
                     Err(e) => {
-                        error!(error = %e, "reload failed; this process goes on serving");
+                        error!(error = %e, "binary upgrade failed; this process goes on serving");
                         running.notifier.ready(&status::serving_status(&running.drain.snapshot()));
                     }
                 }
@@ -320,16 +375,28 @@ async fn serve_until_trigger(running: &mut Running, signals: &mut Signals) -> Tr
 }
 
 /// Why a re-exec upgrade cannot be done here, if it cannot: a successor would start a
-/// second backend on the same port, and the reaper would take its exit status; as PID 1 the
-/// old process's exit would end the namespace, successor included.
+/// second backend on the same port, and the reaper would take its exit status; as PID 1, or
+/// under a container init shim, the old process's exit would end the container, successor
+/// included. A config change needs none of this: SIGHUP reloads in place.
 fn upgrade_refused(running: &Running) -> Option<&'static str> {
     if !running.backends.is_empty() {
-        return Some("supervised backends: a new process would start a second backend on the same port; restart the service instead, or restart a backend with POST /upstreams/NAME/restart or SIGUSR1");
+        return Some("supervised backends: a new process would start a second backend on the same port; restart the service instead (SIGHUP reloads the config in place)");
     }
     if is_pid1() {
-        return Some("running as PID 1: the old process's exit would end the container; upgrade by replacing the container");
+        return Some("running as PID 1: the old process's exit would end the container; upgrade by replacing the image (SIGHUP reloads the config in place)");
+    }
+    if under_init_shim() {
+        return Some("the parent is a container init (tini, dumb-init, docker-init): the old process's exit would end the container; upgrade by replacing the image (SIGHUP reloads the config in place)");
     }
     None
+}
+
+/// Whether the parent process is a container init shim, which ends the container when its
+/// one child (this process) exits.
+fn under_init_shim() -> bool {
+    let parent = std::os::unix::process::parent_id();
+    let comm = std::fs::read_to_string(format!("/proc/{parent}/comm")).unwrap_or_default();
+    matches!(comm.trim(), "tini" | "dumb-init" | "docker-init" | "catatonit")
 }
 
 fn log_routes(config: &Config) {

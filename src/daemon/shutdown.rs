@@ -18,8 +18,6 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -29,10 +27,15 @@ use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::{Drain, Phase};
 use crate::listener::Stop;
+use crate::proxy::LiveProxy;
 use crate::stats::Stats;
 use crate::systemd::Notifier;
 use crate::upstream::Upstreams;
+
+use super::Serving;
 use crate::websocket::Tunnels;
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
 
 /// How the daemon ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,18 +78,31 @@ pub(super) struct Running {
     pub(super) stats: Arc<Stats>,
     /// The tunnels' shared close schedule, fitted to the time the deadline leaves.
     pub(super) tunnels: Tunnels,
-    /// Their held requests are answered at a handover or at the deadline.
-    pub(super) upstreams: Arc<Upstreams>,
+    /// Their held requests are answered at a handover or at the deadline; swapped by a
+    /// reload.
+    pub(super) upstreams: Arc<ArcSwap<Upstreams>>,
     /// Stopped once the drain is over, never before.
     pub(super) backends: Arc<Backends>,
     /// Names the upstream whose backend died with `restart = "never"`.
     pub(super) died: tokio::sync::mpsc::UnboundedReceiver<String>,
-    /// Tells the accept loops to stop; they end by closing their listeners.
-    pub(super) stop: watch::Sender<Stop>,
-    pub(super) accept_loops: Vec<JoinHandle<()>>,
-    /// Listening fds (the admin listener's last), for a successor to inherit.
-    pub(super) listener_fds: Vec<RawFd>,
+    /// The proxy requests are served with now; swapped by a reload.
+    pub(super) proxy: LiveProxy,
+    /// The listeners being served, in config order.
+    pub(super) listeners: Vec<Serving>,
+    /// `max_connections` slots, resized by a reload.
+    pub(super) slots: Arc<Semaphore>,
+    /// The admin listener's fd, handed to a successor with the others.
+    pub(super) admin_fd: Option<RawFd>,
+    /// The admin token, swapped by a reload.
+    pub(super) admin_token: Arc<ArcSwap<Option<String>>>,
     pub(super) notifier: Notifier,
+}
+
+impl Running {
+    /// Listening fds (the admin listener's last), for a successor to inherit.
+    pub(super) fn listener_fds(&self) -> Vec<RawFd> {
+        self.listeners.iter().map(|l| l.fd).chain(self.admin_fd).collect()
+    }
 }
 
 /// How this drain goes, decided by what started it.
@@ -103,8 +119,8 @@ struct Plan {
 
 /// Runs the drain after `trigger` and returns how it ended.
 pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stats, tunnels, upstreams, backends, stop, accept_loops, notifier, .. } =
-        running;
+    let Running { config, drain, stats, tunnels, upstreams, backends, listeners, notifier, .. } = running;
+    let upstreams = upstreams.load_full();
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
     let backend_died = matches!(trigger, Trigger::BackendDied(_));
@@ -114,7 +130,7 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
         Ok(()) => {
             // Close the listeners before any connection learns of the drain: a client told
             // `Connection: close` must find the port refusing, not a backlog about to be reset.
-            close_listeners(&stop, accept_loops, plan.stop).await;
+            close_listeners(listeners, plan.stop).await;
             // Every tunnel's close handshake must fit before the deadline, after a grace too.
             tunnels.fit_closes_within(deadline.saturating_duration_since(Instant::now()));
             wind_down(&drain, plan.handed_over, &upstreams);
@@ -194,14 +210,12 @@ async fn serve_grace(drain: &Drain, grace: Duration, signals: &mut Signals) -> R
 }
 
 /// Step 3: stops every accept loop and waits until each has closed its listener.
-async fn close_listeners(
-    stop: &tokio::sync::watch::Sender<Stop>,
-    accept_loops: Vec<JoinHandle<()>>,
-    how: Stop,
-) {
-    stop.send_replace(how);
-    for task in accept_loops {
-        let _ = task.await;
+pub(super) async fn close_listeners(listeners: Vec<Serving>, how: Stop) {
+    for listener in &listeners {
+        listener.stop.send_replace(how);
+    }
+    for listener in listeners {
+        let _ = listener.task.await;
     }
 }
 

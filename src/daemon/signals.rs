@@ -12,16 +12,19 @@ pub(super) struct Signals {
     pub(super) hup: Signal,
     /// Restart every supervised backend.
     pub(super) usr1: Signal,
+    /// Upgrade the binary (re-exec handover).
+    pub(super) usr2: Signal,
 }
 
 impl Signals {
-    /// Installs the handlers for SIGTERM, SIGINT, SIGHUP and SIGUSR1.
+    /// Installs the handlers for SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGUSR2.
     pub(super) fn install() -> io::Result<Self> {
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::io::{ConnActivity, ConnIo};
-use super::{ConnCtx, Proxy, ProxyService};
+use super::{ConnCtx, LiveProxy, ProxyService};
 use crate::config::Limits;
 use crate::drain::{ConnGuard, DrainWatch};
 
@@ -26,14 +26,15 @@ use crate::drain::{ConnGuard, DrainWatch};
 #[derive(Debug)]
 pub struct ConnServer {
     builder: auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
+    proxy: LiveProxy,
     limits: Limits,
     idle_linger: Duration,
 }
 
 impl ConnServer {
-    /// A server for `proxy` with the connection limits of the config.
-    pub fn new(proxy: Arc<Proxy>, limits: &Limits, idle_linger: Duration) -> Self {
+    /// A server for the live `proxy` (each request takes the one current when it starts)
+    /// with the connection limits of the config.
+    pub fn new(proxy: LiveProxy, limits: &Limits, idle_linger: Duration) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -55,7 +56,7 @@ impl ConnServer {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::new(ctx.h2, self.proxy.stats.clone()));
+        let activity = Arc::new(ConnActivity::new(ctx.h2, self.proxy.load().stats.clone()));
         let io = ConnIo::new(
             io,
             activity.clone(),

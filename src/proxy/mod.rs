@@ -23,6 +23,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -43,7 +45,11 @@ use crate::websocket::{Handoff, Tunnels};
 use body::AccessRecord;
 use route::Routes;
 
-/// Everything a request needs that does not change while the daemon runs.
+/// The proxy as configured now: swapped whole by a reload (SIGHUP). Each request loads it
+/// once when it starts and finishes on that one, so a reload never changes a request midway.
+pub type LiveProxy = Arc<ArcSwap<Proxy>>;
+
+/// Everything a request needs from the config: built at start and at each reload.
 #[derive(Debug)]
 pub struct Proxy {
     routes: Routes,
@@ -101,13 +107,14 @@ pub struct ConnCtx {
 /// The per-connection hyper service.
 #[derive(Debug, Clone)]
 pub struct ProxyService {
-    proxy: Arc<Proxy>,
+    proxy: LiveProxy,
     conn: Arc<ConnCtx>,
 }
 
 impl ProxyService {
-    /// A service for one connection.
-    pub fn new(proxy: Arc<Proxy>, conn: Arc<ConnCtx>) -> Self {
+    /// A service for one connection, serving each request with the proxy live when it
+    /// starts.
+    pub fn new(proxy: LiveProxy, conn: Arc<ConnCtx>) -> Self {
         ProxyService { proxy, conn }
     }
 }
@@ -118,7 +125,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let proxy = self.proxy.clone();
+        let proxy = self.proxy.load_full();
         let conn = self.conn.clone();
         // Counted when hyper dispatches the request, not at the future's first poll: an
         // HTTP/2 stream's task may wait to run, and a draining connection must not look idle

@@ -8,12 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use rustls::ClientConfig;
 use serde::Serialize;
 use tokio::time::Instant;
 use tracing::info;
 
 use super::pool::Target;
 use super::Upstream;
+use crate::config::UpstreamConfig;
 
 /// Every upstream group, in config order (routes refer to them by index).
 #[derive(Debug)]
@@ -96,8 +98,63 @@ impl Upstreams {
     /// The drain deadline: every held request is answered 503, and nothing is held from now.
     pub fn release_held(&self) {
         for upstream in &self.list {
-            upstream.gate.release();
+            upstream.release();
         }
+    }
+
+    /// The groups of a reloaded config (`configs`, with `tls` client configs for https
+    /// ones), and what changed. An upstream whose config is unchanged is kept as it is
+    /// (pool, pause state, held requests); a changed one is built anew and takes the pause
+    /// state over (its predecessor's held requests go out at its resume); a removed one has
+    /// its idle connections closed and its held requests answered 503. The upstream of a
+    /// supervised backend is always kept: its changes take a restart of lameduck.
+    pub fn reloaded(
+        &self,
+        configs: &[UpstreamConfig],
+        tls: &[Option<Arc<ClientConfig>>],
+    ) -> (Upstreams, UpstreamChanges) {
+        let mut changes = UpstreamChanges::default();
+        let mut list = Vec::new();
+        for (config, client) in configs.iter().zip(tls) {
+            let old = self.by_name(&config.name);
+            let upstream = match old {
+                Some(old) if old.config.process.is_some() => {
+                    if old.config != *config {
+                        changes.not_applied.push(format!("upstream \"{}\" (its backend is supervised; changes to it take a restart of lameduck)", config.name));
+                    }
+                    old.clone()
+                }
+                Some(old) if old.config == *config && client.is_none() => old.clone(),
+                Some(old) => {
+                    changes.changed.push(config.name.clone());
+                    let new = Arc::new(Upstream::new(config, client.clone()));
+                    new.take_over(old);
+                    new
+                }
+                None => {
+                    changes.added.push(config.name.clone());
+                    Arc::new(Upstream::new(config, client.clone()))
+                }
+            };
+            list.push(upstream);
+        }
+        for old in &self.list {
+            if list.iter().any(|u| u.name == old.name) {
+                continue;
+            }
+            if old.config.process.is_some() {
+                changes.not_applied.push(format!(
+                    "removing upstream \"{}\" (its backend is supervised; it runs until lameduck restarts)",
+                    old.name
+                ));
+                list.push(old.clone());
+                continue;
+            }
+            changes.removed.push(old.name.to_string());
+            old.release();
+            old.targets.iter().for_each(|t| t.close_pool());
+        }
+        (Upstreams { list }, changes)
     }
 
     /// Requests held now, over every group.
@@ -138,7 +195,48 @@ impl Upstreams {
     }
 }
 
+/// What a reload did to the upstreams, by name.
+#[derive(Debug, Default)]
+pub struct UpstreamChanges {
+    /// New names.
+    pub added: Vec<String>,
+    /// Gone names (held requests answered 503, idle connections closed).
+    pub removed: Vec<String>,
+    /// Names whose settings changed (built anew, pause state kept).
+    pub changed: Vec<String>,
+    /// Changes that take a restart, in words.
+    pub not_applied: Vec<String>,
+}
+
 impl Upstream {
+    /// Takes over `old`'s pause state (the whole upstream, and each address both have); if
+    /// requests are held there, a resume here sends them on too.
+    fn take_over(&self, old: &Arc<Upstream>) {
+        let mut queue = self.gate.lock();
+        let whole = old.gate.paused.load(Ordering::SeqCst);
+        self.gate.paused.store(whole, Ordering::SeqCst);
+        let mut any = whole;
+        for target in &self.targets {
+            let paused = old.targets.iter().any(|t| t.addr == target.addr && t.paused.load(Ordering::SeqCst));
+            target.paused.store(paused, Ordering::SeqCst);
+            any |= paused;
+        }
+        self.gate.attention.store(any, Ordering::SeqCst);
+        queue.generation += 1;
+        drop(queue);
+        if old.held() > 0 || old.gate.attention.load(Ordering::SeqCst) {
+            *self.predecessor.lock().expect("never held across a panic") = Some(old.clone());
+        }
+    }
+
+    /// Answers its held requests (and its predecessor's) 503; holds nothing from now.
+    fn release(&self) {
+        self.gate.release();
+        if let Some(predecessor) = self.predecessor.lock().expect("never held across a panic").take() {
+            predecessor.release();
+        }
+    }
+
     /// Pauses the whole upstream (`addr` `None`) or one of its addresses: new requests skip
     /// it (or, with nothing left, are held), its idle connections close, and its tunnels are
     /// told to close with 1012. Idempotent. With `expire`, it resumes by itself after that
@@ -209,6 +307,11 @@ impl Upstream {
         }
         drop(queue);
         info!(upstream.name = %self.name, upstream.addr = addr.unwrap_or("*"), held, "upstream resumed");
+        let predecessor = self.predecessor.lock().expect("never held across a panic").clone();
+        if let Some(predecessor) = predecessor {
+            // Requests held before a reload changed this upstream go on to where they were held for.
+            let _ = predecessor.resume(addr);
+        }
         Ok(())
     }
 

@@ -81,7 +81,7 @@ use tracing::{debug, warn};
 
 pub use body::UpstreamBody;
 pub use connect::UpstreamIo;
-pub use control::{AddrStatus, PauseError, UpstreamStatus, Upstreams};
+pub use control::{AddrStatus, PauseError, UpstreamChanges, UpstreamStatus, Upstreams};
 pub use error::{BoxError, HoldError, SendError};
 pub use switched::{Switched, SwitchedIo};
 pub use upload::RequestBody;
@@ -107,6 +107,11 @@ pub struct Upstream {
     timeout: Duration,
     /// Pause state and held requests.
     gate: Gate,
+    /// What it was built from: a reload keeps an upstream whose config did not change.
+    config: UpstreamConfig,
+    /// The upstream this one replaced at a reload while requests were held there: a resume
+    /// here sends those on too (to the addresses they were held for).
+    predecessor: std::sync::Mutex<Option<Arc<Upstream>>>,
 }
 
 /// The upstream's answer to an upgrade request.
@@ -157,6 +162,8 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
             gate: Gate::new(config.hold),
+            config: config.clone(),
+            predecessor: std::sync::Mutex::new(None),
         }
     }
 

@@ -28,7 +28,8 @@ pub struct CloseSettings {
 /// The close-spread schedule shared by every WebSocket tunnel.
 #[derive(Debug)]
 pub struct CloseSpread {
-    window: Duration,
+    /// `close_spread`, in milliseconds (a reload may change it).
+    window_ms: AtomicU64,
     /// WebSocket tunnels open now; each holds a [`SpreadMember`].
     open: AtomicUsize,
     /// How many slots the window is cut into; 0 until the first slot is taken.
@@ -52,11 +53,15 @@ impl Drop for SpreadMember {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl CloseSpread {
     /// A schedule over `window` (zero: every tunnel closes at once).
     pub fn new(window: Duration) -> Self {
         CloseSpread {
-            window,
+            window_ms: AtomicU64::new(millis(window)),
             open: AtomicUsize::new(0),
             slots: AtomicUsize::new(0),
             tickets: AtomicUsize::new(0),
@@ -66,13 +71,18 @@ impl CloseSpread {
 
     /// Shrinks the window to at most `room`, the time the deadline leaves for spreading.
     pub fn fit_within(&self, room: Duration) {
-        let room_ms = u64::try_from(room.as_millis()).unwrap_or(u64::MAX);
-        self.limit_ms.fetch_min(room_ms, Ordering::Relaxed);
+        self.limit_ms.fetch_min(millis(room), Ordering::Relaxed);
+    }
+
+    /// Sets a new `close_spread` (a reload).
+    pub fn set_window(&self, window: Duration) {
+        self.window_ms.store(millis(window), Ordering::Relaxed);
     }
 
     /// The window, fitted.
     fn window(&self) -> Duration {
-        self.window.min(Duration::from_millis(self.limit_ms.load(Ordering::Relaxed)))
+        let window_ms = self.window_ms.load(Ordering::Relaxed);
+        Duration::from_millis(window_ms.min(self.limit_ms.load(Ordering::Relaxed)))
     }
 
     /// Counts a WebSocket tunnel until the returned member drops.

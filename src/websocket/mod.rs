@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -31,7 +32,8 @@ use crate::stats::Stats;
 /// Starts tunnels; holds what every tunnel shares. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Tunnels {
-    settings: Arc<CloseSettings>,
+    /// Swapped by a reload; each tunnel keeps the settings it started with.
+    settings: Arc<ArcSwap<CloseSettings>>,
     spread: Arc<CloseSpread>,
     stats: Arc<Stats>,
 }
@@ -61,13 +63,19 @@ impl Tunnels {
     /// Tunnels that close with `settings`, counting their endings in `stats`.
     pub fn new(settings: CloseSettings, stats: Arc<Stats>) -> Self {
         let spread = Arc::new(CloseSpread::new(settings.spread));
-        Tunnels { settings: Arc::new(settings), spread, stats }
+        Tunnels { settings: Arc::new(ArcSwap::from_pointee(settings)), spread, stats }
+    }
+
+    /// New close settings for tunnels that start from now on (a reload).
+    pub fn update(&self, settings: CloseSettings) {
+        self.spread.set_window(settings.spread);
+        self.settings.store(Arc::new(settings));
     }
 
     /// Fits the close schedule into `left` (the time until the deadline): the spread shrinks
     /// so that the last tunnel still has two `close_timeout`s (one per side) before the cut.
     pub fn fit_closes_within(&self, left: Duration) {
-        self.spread.fit_within(left.saturating_sub(2 * self.settings.timeout));
+        self.spread.fit_within(left.saturating_sub(2 * self.settings.load().timeout));
     }
 
     /// Relays between both sides of `handoff` on a task of its own until the tunnel ends
@@ -84,7 +92,7 @@ impl Tunnels {
                 Ok(client) => client,
                 Err(e) => return debug!(client.addr = %peer, error = %e, "upgrade failed"),
             };
-            let settings = tunnels.settings.clone();
+            let settings = tunnels.settings.load_full();
             let tunnel =
                 tunnel::Tunnel::new(TokioIo::new(client), upstream, upstream_first, websocket, settings);
             tunnel.run(drain, restarts, &tunnels.spread, &tunnels.stats).await;

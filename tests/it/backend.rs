@@ -4,7 +4,7 @@
 //! backend that cannot start fails the start (exit 1, saying why); on SIGTERM the backend is
 //! stopped only after lameduck's drain, so a request in flight is answered whole; a restart
 //! (admin API or SIGUSR1) or a crash under load costs no request; `restart = "never"` ends
-//! in exit 3; the binary-upgrade SIGHUP is refused; and as PID 1 (`unshare --pid`) lameduck
+//! in exit 3; the binary-upgrade SIGUSR2 is refused; and as PID 1 (`unshare --pid`) lameduck
 //! reaps every orphan of the namespace.
 //!
 //! The backend's port must be known before lameduck starts (the config names it as the
@@ -682,16 +682,16 @@ async fn with_restart_never_a_crashed_backend_makes_lameduck_drain_and_exit_3() 
     assert_eq!(starts, 1, "started again despite restart = \"never\"");
 }
 
-// ---- SIGHUP and PID 1 ----
+// ---- SIGUSR2 and PID 1 ----
 
 #[tokio::test]
-async fn with_a_supervised_backend_sighup_is_refused_and_it_keeps_serving() {
+async fn with_a_supervised_backend_sigusr2_is_refused_and_it_keeps_serving() {
     let addr = free_addr();
     let _left = LeftBehind::on(addr);
     let mut proxy = Lameduck::start(&supervised(addr, &demo(addr), "")).await;
     let pid = first_backend_pid(&proxy).await;
-    proxy.sighup();
-    let refused = proxy.wait_for_message("SIGHUP: binary upgrade refused").await;
+    proxy.sigusr2();
+    let refused = proxy.wait_for_message("SIGUSR2: binary upgrade refused").await;
     assert_eq!(refused["level"], "WARN", "{refused}");
     assert!(refused["reason"].as_str().is_some_and(|r| r.contains("supervised backends")), "{refused}");
     assert_eq!(backend_pid_via(&proxy).await, pid, "the same backend serves");
@@ -784,7 +784,7 @@ fn lameduck_under(unshare: i32) -> i32 {
 }
 
 #[tokio::test]
-async fn as_pid_1_it_reaps_orphans_refuses_sighup_and_stops_the_backend_after_the_drain() {
+async fn as_pid_1_it_reaps_orphans_refuses_sigusr2_and_stops_the_backend_after_the_drain() {
     if !can_unshare() {
         return;
     }
@@ -838,8 +838,8 @@ async fn as_pid_1_it_reaps_orphans_refuses_sighup_and_stops_the_backend_after_th
 
     // No binary upgrade as PID 1 with a supervised backend; it keeps serving.
     let backend = first_backend_pid(&proxy).await;
-    send_signal(host_pid, libc::SIGHUP);
-    let refused = proxy.wait_for_message("SIGHUP: binary upgrade refused").await;
+    send_signal(host_pid, libc::SIGUSR2);
+    let refused = proxy.wait_for_message("SIGUSR2: binary upgrade refused").await;
     assert_eq!(refused["level"], "WARN", "{refused}");
     assert_eq!(backend_pid_via(&proxy).await, backend);
 
@@ -855,15 +855,15 @@ async fn as_pid_1_it_reaps_orphans_refuses_sighup_and_stops_the_backend_after_th
 }
 
 #[tokio::test]
-async fn as_pid_1_without_backends_sighup_is_refused() {
+async fn as_pid_1_without_backends_sigusr2_is_refused() {
     if !can_unshare() {
         return;
     }
     let backend = Backend::named("app").await;
     let mut proxy = Lameduck::spawn_under(&UNSHARE, &config_for(backend.addr), |_| {}).ready().await;
     let host_pid = lameduck_under(proxy.pid());
-    send_signal(host_pid, libc::SIGHUP);
-    let refused = proxy.wait_for_message("SIGHUP: binary upgrade refused").await;
+    send_signal(host_pid, libc::SIGUSR2);
+    let refused = proxy.wait_for_message("SIGUSR2: binary upgrade refused").await;
     assert!(refused["reason"].as_str().is_some_and(|r| r.contains("PID 1")), "{refused}");
     assert_eq!(H1Client::connect(proxy.addr).await.get("/").await.text(), "app");
     send_signal(host_pid, libc::SIGTERM);

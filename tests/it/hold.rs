@@ -452,14 +452,14 @@ impl Drop for Successor {
 const RELOAD_WITHIN: Duration = Duration::from_secs(15);
 
 #[tokio::test]
-async fn reload_successor_starts_with_the_upstream_paused() {
+async fn binary_upgrade_successor_starts_with_the_upstream_paused() {
     let backend = Backend::named("ok").await;
     let mut proxy = Lameduck::start(&hold_config(backend.addr, "")).await;
     let admin = admin_of(&proxy);
     pause(admin, "").await;
 
     let mark = proxy.logs.mark();
-    proxy.sighup();
+    proxy.sigusr2();
     let handed = proxy
         .wait_for_log_after(mark, |l| message(l) == "handed over to the new process; draining", RELOAD_WITHIN)
         .await;

@@ -1,7 +1,7 @@
 //! systemd support (issue 6), with the real binary: the test plays systemd. It owns the
 //! `NOTIFY_SOCKET` and reads every `sd_notify` datagram ([`peer::NotifySocket`]), binds
 //! sockets itself and passes them as fds 3… with `LISTEN_FDS`/`LISTEN_PID` (socket activation
-//! and the fd store), and sends SIGHUP to reload: the running process re-execs itself, hands
+//! and the fd store), and sends SIGUSR2 to upgrade: the running process re-execs itself, hands
 //! over its listening sockets, and drains once the successor is ready.
 //!
 //! A successor is the old process's child, not the test's: the test learns its pid from the
@@ -27,9 +27,9 @@ const RELOAD_WITHIN: Duration = Duration::from_secs(15);
 
 /// The `handed over` line of an old process.
 const HANDED_OVER: &str = "handed over to the new process; draining";
-const RELOAD_STARTED: &str = "reload: starting a new process with the listening sockets";
-const RELOAD_FAILED: &str = "reload failed; this process goes on serving";
-const RELOAD_IGNORED: &str = "reload already under way; SIGHUP ignored";
+const RELOAD_STARTED: &str = "binary upgrade: starting a new process with the listening sockets";
+const RELOAD_FAILED: &str = "binary upgrade failed; this process goes on serving";
+const RELOAD_IGNORED: &str = "binary upgrade already under way; SIGUSR2 ignored";
 
 /// Sends `signal` to `pid` (which need not be the test's child).
 fn send_signal(pid: i32, signal: libc::c_int) {
@@ -58,13 +58,13 @@ fn pid_field(line: &Value, key: &str) -> i32 {
     field_f64(line, key).unwrap_or_else(|| panic!("no numeric {key} in {line}")) as i32
 }
 
-/// Sends SIGHUP to `pid` and waits for the handover: the successor logs `ready`, `pid` logs
+/// Sends SIGUSR2 to `pid` and waits for the handover: the successor logs `ready`, `pid` logs
 /// `handed over…` naming it and then `draining` (its accept loops have ended, so from here on
 /// only the successor accepts, and requests on `pid`'s old connections are answered with
 /// `Connection: close`). Returns the successor's pid.
 async fn reload(logs: &Logs, pid: i32) -> i32 {
     let mark = logs.mark();
-    send_signal(pid, libc::SIGHUP);
+    send_signal(pid, libc::SIGUSR2);
     let handed = expect_log(logs, mark, "handed over", |l| message(l) == HANDED_OVER, RELOAD_WITHIN).await;
     let successor = pid_field(&handed, "successor.pid");
     assert_ne!(successor, pid, "the successor is a new process");

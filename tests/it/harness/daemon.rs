@@ -350,8 +350,14 @@ impl Lameduck {
         self.signal(libc::SIGINT);
     }
 
+    /// Reload the config in place.
     pub fn sighup(&self) {
         self.signal(libc::SIGHUP);
+    }
+
+    /// Upgrade the binary: re-exec and hand over.
+    pub fn sigusr2(&self) {
+        self.signal(libc::SIGUSR2);
     }
 
     /// The exit code, waiting at most `within`; panics (with the log) if the

@@ -187,7 +187,7 @@ async fn notify_reload_sends_reloading_then_mainpid_and_ready_from_the_new_proce
         reloading.value("MONOTONIC_USEC").expect("MONOTONIC_USEC= with RELOADING=1").parse().unwrap();
     assert!(
         (clock_before..=monotonic_usec()).contains(&stamp),
-        "MONOTONIC_USEC={stamp} is CLOCK_MONOTONIC at the reload (test saw {clock_before} before SIGHUP)"
+        "MONOTONIC_USEC={stamp} is CLOCK_MONOTONIC at the reload (test saw {clock_before} before SIGUSR2)"
     );
     let mainpid = successor.to_string();
     let (new_ready_at, new_ready) = notify

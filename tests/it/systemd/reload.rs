@@ -1,6 +1,6 @@
-//! Zero-downtime re-exec on SIGHUP: under load nothing is refused or cut and every old
+//! Zero-downtime re-exec on SIGUSR2 (the binary upgrade): under load nothing is refused or cut and every old
 //! process exits 0, WebSocket clients get Close 1001 and reconnect at once, a broken config
-//! leaves the old process serving, and a SIGHUP during a re-exec is ignored.
+//! leaves the old process serving, and a SIGUSR2 during a re-exec is ignored.
 //!
 //! Each generation's config points at its own backend, whose answer names it: the body of a
 //! response says which process served it.
@@ -186,7 +186,7 @@ async fn reload_with_a_broken_config_keeps_the_old_process_serving_and_logs_the_
     let bad_line = broken.lines().position(|l| l.contains("thirty seconds")).unwrap() + 1;
     deploy(&proxy, &broken);
     let mark = proxy.logs.mark();
-    proxy.sighup();
+    proxy.sigusr2();
     let failed =
         expect_log(&proxy.logs, mark, RELOAD_FAILED, |l| message(l) == RELOAD_FAILED, RELOAD_WITHIN).await;
     let error = field_str(&failed, "error").unwrap_or_default();
@@ -238,7 +238,7 @@ async fn feed_fifo(path: &Path, text: String) {
 }
 
 #[tokio::test]
-async fn reload_ignores_a_second_sighup_while_the_new_process_starts() {
+async fn reload_ignores_a_second_sigusr2_while_the_new_process_starts() {
     let first_backend = Backend::named("first").await;
     let second_backend = Backend::named("second").await;
     let mut proxy = Lameduck::start(&config_for(first_backend.addr)).await;
@@ -253,9 +253,9 @@ async fn reload_ignores_a_second_sighup_while_the_new_process_starts() {
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
 
     let mark = proxy.logs.mark();
-    proxy.sighup();
+    proxy.sigusr2();
     expect_log(&proxy.logs, mark, RELOAD_STARTED, |l| message(l) == RELOAD_STARTED, PROMPT).await;
-    proxy.sighup();
+    proxy.sigusr2();
     expect_log(&proxy.logs, mark, RELOAD_IGNORED, |l| message(l) == RELOAD_IGNORED, PROMPT).await;
     assert_eq!(raw_get(proxy.addr, "/").await.body_text(), "first", "the old process serves meanwhile");
 
