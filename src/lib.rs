@@ -10,8 +10,10 @@
 //! - [`config`]: `proxy.toml`, validated, with errors that point at file:line:col; it imports
 //!   no other room.
 //! - [`check`]: `--check`, the config and every TLS file it names, binding nothing.
-//! - [`daemon`]: the lifecycle — listeners, signals, phases, the drain's named steps, the exit
-//!   decision, and what systemd is told when.
+//! - [`daemon`]: the lifecycle — listeners, signals, phases, the in-place reload, the drain's
+//!   named steps, the exit decision, and what systemd is told when.
+//! - [`backend`]: supervised backend processes — start before ready, stop after the drain,
+//!   restart, crash recovery — and the reaper that waits for every child (PID 1).
 //! - [`drain`]: the leaf every connection watches — the phase and the open connections,
 //!   requests and tunnels (RAII guards).
 //! - [`stats`]: what has happened (requests completed and refused, tunnels closed and cut),
@@ -19,14 +21,16 @@
 //! - [`listener`]: binding or inheriting listening sockets, and the accept loop.
 //! - [`proxy`]: the hyper service — routing, header rewriting, the request-framing tracker,
 //!   answers of its own (400, 404, 502, 503, 504).
-//! - [`upstream`]: upstream groups, their connection pools, and lameduck's HTTP/1.1 client.
+//! - [`upstream`]: upstream groups, their connection pools, lameduck's HTTP/1.1 client, and
+//!   pause, hold and resume.
 //! - [`websocket`]: upgraded connections; the frame-boundary tracker, the tunnel relay and the
 //!   ordered close, with its own [`websocket::CloseSettings`].
 //! - [`http1`]: HTTP/1.1 syntax more than one room reads (`Connection` tokens, lengths).
 //! - [`systemd`]: sd_notify, socket activation, the fd store: sockets and strings only.
-//! - [`reexec`]: zero-downtime re-exec on SIGHUP.
+//! - [`reexec`]: the binary upgrade: zero-downtime re-exec on SIGUSR2.
 //! - [`tls`]: rustls configs for TLS listeners (SNI) and https upstreams.
-//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` with pause,
+//!   resume and restart.
 //! - [`logging`]: text or JSON log lines.
 //!
 //! # Lifecycle
@@ -36,13 +40,14 @@
 //! tunnel. The [`drain::Phase`] only moves forwards:
 //! - `Serving` → `Grace` (if configured) → `Draining` on SIGTERM or SIGINT: accept loops end
 //!   and drop their listeners, new requests get 503, connections wind down, tunnels close;
-//! - `Serving` → `HandedOver` when a successor started by SIGHUP is ready: it owns the
+//! - `Serving` → `HandedOver` when a successor started by SIGUSR2 is ready: it owns the
 //!   listeners now, so this process winds its connections down but still forwards what
 //!   arrives on them; a drain signal after that moves on to `Draining`. That a successor
 //!   serves is a fact of its own ([`drain::State::successor`]), which stays true after it.
 //!
-//! The daemon exits with status 0 the moment the last guard drops, or 2 when the deadline or
-//! a second signal cuts the rest.
+//! SIGHUP swaps the config in place and changes no phase. The daemon exits with status 0 the
+//! moment the last guard drops, 2 when the deadline or a second signal cuts the rest, and 3
+//! after a drain started because a supervised backend died with `restart = "never"`.
 
 #![deny(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! Zero-downtime re-exec on SIGHUP: start the binary on disk again, hand it the listening
+//! The binary upgrade, zero-downtime re-exec on SIGUSR2: start the binary on disk again, hand it the listening
 //! sockets, and wait until it reports ready.
 //!
 //! The successor inherits the listening fds (their numbers in [`INHERIT_FDS_ENV`]) and the

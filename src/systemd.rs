@@ -18,7 +18,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tracing::debug;
 
-/// Env var naming the listening fds a predecessor passed at a SIGHUP re-exec (`"7,8"`).
+/// Env var naming the listening fds a predecessor passed at a SIGUSR2 re-exec (`"7,8"`).
 pub const INHERIT_FDS_ENV: &str = "LAMEDUCK_INHERIT_FDS";
 /// Env var naming the pipe on which a re-exec'd process reports `ready` (or its error).
 pub const READY_FD_ENV: &str = "LAMEDUCK_READY_FD";
@@ -35,7 +35,7 @@ pub enum Origin {
     SocketUnit,
     /// systemd's fd store, where an earlier run of lameduck parked it.
     FdStore,
-    /// The process that re-exec'd this one on SIGHUP.
+    /// The process that re-exec'd this one on SIGUSR2.
     Predecessor,
 }
 

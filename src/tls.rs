@@ -4,7 +4,7 @@
 //! Everything is read and checked once, before anything is bound — by `--check` and at
 //! start-up alike — so a missing file, a file without a key, or a key that does not match its
 //! certificate is reported with the file and the reason, and an expired certificate with a
-//! warning. Renewed certificates are picked up by a restart or a SIGHUP re-exec.
+//! warning. Renewed certificates are picked up by a SIGHUP reload (for new handshakes).
 
 use std::fmt;
 use std::io;
