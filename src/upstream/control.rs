@@ -159,7 +159,7 @@ impl Upstreams {
 
     /// Requests held now, over every group.
     pub fn held(&self) -> usize {
-        self.list.iter().map(|u| u.gate.held()).sum()
+        self.list.iter().map(|u| u.held()).sum()
     }
 
     /// `name[@addr]` for every paused upstream and address, comma-separated: what a
@@ -232,7 +232,7 @@ impl Upstream {
     /// Answers its held requests (and its predecessor's) 503; holds nothing from now.
     fn release(&self) {
         self.gate.release();
-        if let Some(predecessor) = self.predecessor.lock().expect("never held across a panic").take() {
+        if let Some(predecessor) = self.predecessor() {
             predecessor.release();
         }
     }
@@ -288,6 +288,15 @@ impl Upstream {
     /// # Errors
     /// [`PauseError::UnknownAddr`] when `addr` is not one of the upstream's addresses.
     pub fn resume(&self, addr: Option<&str>) -> Result<(), PauseError> {
+        let held = self.held();
+        self.resume_here(addr)?;
+        info!(upstream.name = %self.name, upstream.addr = addr.unwrap_or("*"), held, "upstream resumed");
+        Ok(())
+    }
+
+    /// [`Upstream::resume`] without its log line, and then the same for the upstream this
+    /// one replaced at a reload, whose held requests go on to where they were held for.
+    fn resume_here(&self, addr: Option<&str>) -> Result<(), PauseError> {
         let targets = self.targets_for(addr)?;
         let mut queue = self.gate.lock();
         if addr.is_none() {
@@ -301,18 +310,18 @@ impl Upstream {
             || self.targets.iter().any(|t| t.paused.load(Ordering::SeqCst));
         self.gate.attention.store(still_paused, Ordering::SeqCst);
         queue.generation += 1;
-        let held = self.gate.held();
         if !self.all_paused() {
             self.gate.wake(&mut queue);
         }
         drop(queue);
-        info!(upstream.name = %self.name, upstream.addr = addr.unwrap_or("*"), held, "upstream resumed");
-        let predecessor = self.predecessor.lock().expect("never held across a panic").clone();
-        if let Some(predecessor) = predecessor {
-            // Requests held before a reload changed this upstream go on to where they were held for.
-            let _ = predecessor.resume(addr);
+        if let Some(predecessor) = self.predecessor() {
+            let _ = predecessor.resume_here(addr);
         }
         Ok(())
+    }
+
+    fn predecessor(&self) -> Option<Arc<Upstream>> {
+        self.predecessor.lock().expect("never held across a panic").clone()
     }
 
     /// Waits until nothing is in flight to the upstream (or to `addr`), polling every few
@@ -345,7 +354,7 @@ impl Upstream {
 
     /// Requests held now.
     pub fn held(&self) -> usize {
-        self.gate.held()
+        self.gate.held() + self.predecessor().map_or(0, |p| p.held())
     }
 
     /// Whether requests to it are held: the upstream, or every address of it, is paused.
@@ -375,7 +384,7 @@ impl Upstream {
             upstream: self.name.to_string(),
             state: state(self.all_paused()),
             in_flight: self.in_flight_of(&self.targets),
-            held: self.gate.held(),
+            held: self.held(),
             addrs,
         }
     }

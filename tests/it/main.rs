@@ -9,6 +9,7 @@ mod harness;
 mod hold;
 mod pause;
 mod proxy;
+mod reload;
 mod systemd;
 mod tls;
 mod websocket;
