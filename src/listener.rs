@@ -238,6 +238,8 @@ pub enum Stop {
 pub struct Acceptor {
     /// How connections are served now: swapped by a reload, loaded once per connection.
     pub live: Arc<ArcSwap<ListenerLive>>,
+    /// Turns true when a reload removes the listener: its connections wind down.
+    pub retired: watch::Receiver<bool>,
     /// Registers each connection with the drain.
     pub drain: DrainWatch,
     /// `max_connections` slots.
@@ -301,7 +303,7 @@ impl Acceptor {
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let guard = self.drain.conn_guard(Some(slot));
         let live = self.live.load_full();
-        let drain = self.drain.clone();
+        let (drain, retired) = (self.drain.clone(), self.retired.clone());
         tokio::spawn(async move {
             let ListenerLive { server, tls } = &*live;
             if let Err(e) = stream.set_nodelay(true) {
@@ -310,10 +312,10 @@ impl Acceptor {
             match tls {
                 None => {
                     let info = ConnInfo { peer, tls: false, h2: false };
-                    server.serve(stream, info, guard, drain).await;
+                    server.serve(stream, info, guard, drain, retired).await;
                 }
                 // Boxed: the handshake's state would otherwise enlarge every connection's task.
-                Some(tls) => Box::pin(serve_tls(server, tls, stream, peer, guard, drain)).await,
+                Some(tls) => Box::pin(serve_tls(server, tls, stream, peer, guard, drain, retired)).await,
             }
         });
     }
@@ -328,6 +330,7 @@ async fn serve_tls(
     peer: SocketAddr,
     guard: Arc<ConnGuard>,
     mut drain: DrainWatch,
+    retired: watch::Receiver<bool>,
 ) {
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
     let stream = tokio::select! {
@@ -341,7 +344,7 @@ async fn serve_tls(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let info = ConnInfo { peer, tls: true, h2 };
-    server.serve(stream, info, guard, drain).await;
+    server.serve(stream, info, guard, drain, retired).await;
 }
 
 /// EMFILE or ENFILE: the process or the system has no file descriptor left.

@@ -224,6 +224,8 @@ pub(super) struct Serving {
     pub(super) live: Arc<ArcSwap<ListenerLive>>,
     /// Stops its accept loop, which then closes the socket.
     pub(super) stop: watch::Sender<Stop>,
+    /// Tells its connections that a reload removed it: they wind down as in a drain.
+    pub(super) retire: watch::Sender<bool>,
     pub(super) task: JoinHandle<()>,
     /// systemd passed the socket (socket activation): a reload cannot close or add such.
     pub(super) from_socket_unit: bool,
@@ -244,8 +246,10 @@ impl Serving {
         info!(listener.addr = %addr, tls = live.tls.is_some(), source = opened.source, "listening");
         let fd = listener.as_raw_fd();
         let live = Arc::new(ArcSwap::from_pointee(live));
+        let (retire, retired) = watch::channel(false);
         let acceptor = Acceptor {
             live: live.clone(),
+            retired,
             drain: drain.watch(),
             slots: slots.clone(),
             takes_backlog: !opened.held_by_systemd,
@@ -257,6 +261,7 @@ impl Serving {
             fd,
             live,
             stop,
+            retire,
             task,
             from_socket_unit: opened.source == "socket-activation",
         })

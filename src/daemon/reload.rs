@@ -110,7 +110,11 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
             }
         }
     }
-    // Connections already accepted on a removed listener go on until they end.
+    // Connections already accepted on a removed listener wind down as in a drain: their
+    // requests are still forwarded, with `Connection: close` or after GOAWAY.
+    for serving in &removed {
+        serving.retire.send_replace(true);
+    }
     close_listeners(removed, Stop::Close).await;
     for (index, opened) in added {
         let entry = &config.listeners[index];

@@ -21,6 +21,7 @@ use super::io::{ConnActivity, ConnIo};
 use super::{ConnCtx, LiveProxy, ProxyService};
 use crate::config::Limits;
 use crate::drain::{ConnGuard, DrainWatch};
+use tokio::sync::watch;
 
 /// How downstream connections are served; built once.
 #[derive(Debug)]
@@ -51,9 +52,17 @@ impl ConnServer {
     }
 
     /// Serves `io` until the client or the drain closes it. `guard` counts the connection
-    /// open; it is shared with a tunnel if the connection is upgraded.
-    pub async fn serve<I>(&self, io: I, ctx: ConnInfo, guard: Arc<ConnGuard>, mut drain: DrainWatch)
-    where
+    /// open; it is shared with a tunnel if the connection is upgraded. When `retired` turns
+    /// true (a reload removed the listener), the connection winds down as in a drain, while
+    /// its requests are still forwarded.
+    pub async fn serve<I>(
+        &self,
+        io: I,
+        ctx: ConnInfo,
+        guard: Arc<ConnGuard>,
+        mut drain: DrainWatch,
+        mut retired: watch::Receiver<bool>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let activity = Arc::new(ConnActivity::new(ctx.h2, self.proxy.load().stats.clone()));
@@ -79,7 +88,7 @@ impl ConnServer {
 
         let result = tokio::select! {
             result = conn.as_mut() => result,
-            _ = drain.winding_down() => {
+            () = winding_down(&mut drain, &mut retired, &activity) => {
                 // Keep polling after graceful_shutdown: in-flight work finishes only if polled.
                 if activity.is_h2() {
                     conn.as_mut().graceful_shutdown();
@@ -131,6 +140,14 @@ pub struct ConnInfo {
     pub tls: bool,
     /// ALPN chose HTTP/2.
     pub h2: bool,
+}
+
+/// Resolves when the daemon winds down, or when the connection's listener is retired.
+async fn winding_down(drain: &mut DrainWatch, retired: &mut watch::Receiver<bool>, activity: &ConnActivity) {
+    tokio::select! {
+        _ = drain.winding_down() => {}
+        Ok(_) = retired.wait_for(|retired| *retired) => activity.retire(),
+    }
 }
 
 fn log_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {

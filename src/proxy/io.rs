@@ -46,6 +46,8 @@ pub struct ConnActivity {
     upgraded: AtomicBool,
     /// The client speaks HTTP/2.
     h2: AtomicBool,
+    /// Its listener was removed by a reload: responses close the connection, as in a drain.
+    retired: AtomicBool,
     /// Where a request's completion is counted when its [`InFlight`] drops (held here, once
     /// per connection, so that requests need no handle of their own).
     stats: Arc<Stats>,
@@ -63,6 +65,7 @@ impl ConnActivity {
             conflict_at: AtomicU64::new(u64::MAX),
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
+            retired: AtomicBool::new(false),
             stats,
         }
     }
@@ -70,6 +73,16 @@ impl ConnActivity {
     /// True once the client is known to speak HTTP/2.
     pub fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the connection's listener is gone (a reload removed it).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection's listener is gone: it winds down as in a drain.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Called when a request reaches the service; the guard counts it in flight until its

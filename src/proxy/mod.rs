@@ -171,7 +171,8 @@ async fn handle(
         }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if h1 && !switching && (ambiguous || conn.drain.phase().is_winding_down()) {
+    let winding_down = conn.drain.phase().is_winding_down() || conn.activity.is_retired();
+    if h1 && !switching && (ambiguous || winding_down) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let record = record.map(|(method, uri, started)| {

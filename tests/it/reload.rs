@@ -451,7 +451,7 @@ async fn reload_keeps_held_requests_of_kept_upstreams_until_resume_and_503s_thos
 }
 
 #[tokio::test]
-async fn reload_binds_an_added_listener_and_closes_a_removed_one_whose_open_connection_serves_on() {
+async fn reload_binds_an_added_listener_and_closes_a_removed_one_whose_open_connection_winds_down() {
     let backend = Backend::named("app").await;
     let [stays, goes, comes] = free_addrs();
     let listeners = |addrs: [SocketAddr; 2]| addrs.map(|a| listen(&a.to_string())).concat();
@@ -469,8 +469,10 @@ async fn reload_binds_an_added_listener_and_closes_a_removed_one_whose_open_conn
     assert_eq!(raw_get(comes, "/").await.body_text(), "app", "the added listener serves");
     assert_eq!(raw_get(stays, "/").await.body_text(), "app", "the kept listener serves");
     assert!(refused(goes).await, "the removed listener {goes} still accepts");
+    // Its open connection winds down as in a drain: still served, then closed.
     let again = open_on_goes.get("/").await;
     assert_eq!((again.status.as_u16(), again.text().as_str()), (200, "app"), "the open connection on it");
+    assert_eq!(again.header("connection"), Some("close"), "the removed listener's connection is wound down");
 }
 
 #[tokio::test]
