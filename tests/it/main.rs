@@ -4,6 +4,7 @@
 
 mod backend;
 mod bad_input;
+mod deploy;
 mod drain;
 mod harness;
 mod hold;
