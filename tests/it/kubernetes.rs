@@ -19,7 +19,7 @@
 //! bounded, the whole termination by the manifest's grace period.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
@@ -368,16 +368,11 @@ impl Legacy {
     }
 }
 
-/// `command` with the image's paths and the manifest's addresses mapped to the test's.
-fn mapped(
-    command: &[String],
-    binary_in_pod: &str,
-    from: SocketAddr,
-    to: SocketAddr,
-) -> (PathBuf, Vec<String>) {
+/// The arguments of `command`, a lameduck command in the pod (`binary_in_pod` …), with the
+/// manifest's address `from` mapped to the test's `to`; the test runs them with its binary.
+fn mapped(command: &[String], binary_in_pod: &str, from: SocketAddr, to: SocketAddr) -> Vec<String> {
     assert_eq!(command[0], binary_in_pod, "{command:?}");
-    let args = command[1..].iter().map(|a| a.replace(&from.to_string(), &to.to_string())).collect();
-    (PathBuf::from(binary()), args)
+    command[1..].iter().map(|a| a.replace(&from.to_string(), &to.to_string())).collect()
 }
 
 /// The ConfigMap's config with only its addresses changed: listener and admin on free
@@ -393,9 +388,9 @@ fn test_config(pod: &Pod, legacy: SocketAddr) -> String {
     toml::to_string(&config).expect("TOML")
 }
 
-/// Runs `program args…` to its end within `within`: the status and its output.
-async fn exec(program: &Path, args: &[String], within: Duration) -> (i32, String) {
-    let mut command = Command::new(program);
+/// Runs `lameduck args…` to its end within `within`: the status and its output.
+async fn exec(args: &[String], within: Duration) -> (i32, String) {
+    let mut command = Command::new(binary());
     command.args(args).stdin(Stdio::null()).kill_on_drop(true);
     let output = timeout(within, command.output()).await.expect("bounded").expect("run");
     let text =
@@ -423,12 +418,12 @@ async fn sidecar_pod_termination_drains_lameduck_before_the_legacy_app_gets_sigt
     let mut legacy = Legacy::start().await;
     let mut proxy = Lameduck::start(&test_config(&pod, legacy.addr)).await;
     let admin = proxy.admin_addr.expect("admin listening");
-    let (program, readiness) =
+    let readiness =
         mapped(&probe_command(lameduck_spec, "readinessProbe"), IMAGE_BINARY, admin_in_pod, admin);
-    assert_eq!(exec(&program, &readiness, PROMPT).await.0, 0, "lameduck is ready");
-    let (program, legacy_ready) =
+    assert_eq!(exec(&readiness, PROMPT).await.0, 0, "lameduck is ready");
+    let legacy_ready =
         mapped(&probe_command(legacy_spec, "readinessProbe"), &copied, pod.upstream().1, legacy.addr);
-    assert_eq!(exec(&program, &legacy_ready, PROMPT).await.0, 0, "the legacy app is ready");
+    assert_eq!(exec(&legacy_ready, PROMPT).await.0, 0, "the legacy app is ready");
 
     // A 3 s request, truly in flight: the legacy app has it.
     let addr = proxy.addr;
@@ -441,8 +436,8 @@ async fn sidecar_pod_termination_drains_lameduck_before_the_legacy_app_gets_sigt
     // SIGTERM. lameduck has no hook: SIGTERM now. The legacy container: its hook first.
     let terminating = Instant::now();
     let kill_at = terminating + pod.grace_period;
-    let (program, hook_args) = mapped(&hook, &copied, admin_in_pod, admin);
-    let hook_run = Command::new(&program)
+    let hook_args = mapped(&hook, &copied, admin_in_pod, admin);
+    let hook_run = Command::new(binary())
         .args(&hook_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -463,7 +458,7 @@ async fn sidecar_pod_termination_drains_lameduck_before_the_legacy_app_gets_sigt
             "during grace"
         );
     }
-    let (status, said) = exec(&program, &readiness, PROMPT).await;
+    let (status, said) = exec(&readiness, PROMPT).await;
     assert_eq!(status, 1, "the readiness probe fails during grace: {said}");
     assert!(said.contains("503"), "{said}");
     let drained = proxy.logs.lines().iter().any(|l| message(l) == "draining");
