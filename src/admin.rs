@@ -95,6 +95,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 continue;
             }
         };
+        // Pollers that only connect (`lameduck wait-drained`) leave this line and no other.
+        debug!(client.addr = %peer, "admin connection");
         let admin = admin.clone();
         let builder = builder.clone();
         tokio::spawn(async move {

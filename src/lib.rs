@@ -32,6 +32,8 @@
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`, `/upstreams` with pause,
 //!   resume and restart.
 //! - [`logging`]: text or JSON log lines.
+//! - [`probe`]: the `probe` and `wait-drained` commands for containers and Kubernetes hooks;
+//!   clients of the admin address, no part of the daemon.
 //!
 //! # Lifecycle
 //! `main` parses the command line, loads the config (binding nothing), installs logging and
@@ -65,6 +67,7 @@ pub mod http1;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 // fds handed over by the parent process and the re-exec's fork: both need raw fd calls.
 #[allow(unsafe_code)]

@@ -4,9 +4,11 @@
 
 mod backend;
 mod bad_input;
+mod deploy;
 mod drain;
 mod harness;
 mod hold;
+mod kubernetes;
 mod pause;
 mod proxy;
 mod reload;
