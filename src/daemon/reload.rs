@@ -52,7 +52,7 @@ pub(super) async fn reload(running: &mut Running) {
             not_applied = %changes.not_applied.join("; "),
             "reload ok"
         ),
-        Err(why) => error!(error = %why, "reload failed; nothing changed"),
+        Err(why) => error!(error = %why, changed = "nothing", "reload failed"),
     }
     running.notifier.ready(&status::serving_status(&running.drain.snapshot()));
 }

@@ -33,7 +33,7 @@ use crate::systemd::peer::{exited, Notified, NotifySocket};
 use crate::websocket::peers::{ws_client, Behaviour, WsBackend};
 
 const RELOAD_OK: &str = "reload ok";
-const RELOAD_FAILED: &str = "reload failed; nothing changed";
+const RELOAD_FAILED: &str = "reload failed";
 /// What the old process of a binary upgrade logs; a reload in place never does.
 const HANDED_OVER: &str = "handed over to the new process; draining";
 const ADMIN: &str = "[admin]\naddr = \"127.0.0.1:0\"\n";
