@@ -644,3 +644,33 @@ async fn reload_leaves_an_open_websocket_tunnel_alone_even_when_its_upstream_is_
     assert_eq!(echo(&mut ws, "after").await, Message::Text("after".into()), "the tunnel outlives the reload");
     assert!(ws_backend.closes.try_recv().is_err(), "the backend's side of the tunnel ended");
 }
+
+/// Under a container init (a process named `tini` that forks lameduck and waits for it, as
+/// tini does), the binary upgrade is refused: the init would end the container when the old
+/// process exits. SIGHUP still reloads in place.
+#[tokio::test]
+async fn under_a_container_init_sigusr2_is_refused_and_sighup_still_reloads() {
+    let old = Backend::named("old").await;
+    let new = Backend::named("new").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tini = dir.path().join("tini");
+    std::fs::copy("/bin/sh", &tini).expect("a shell to play tini");
+    // Not `exec`: the shell stays lameduck's parent, as an init does.
+    let tini = tini.to_str().expect("a UTF-8 path").to_owned();
+    let wrapper = [tini.as_str(), "-c", "\"$0\" \"$@\"; exit $?"];
+    let mut proxy = Lameduck::spawn_under(&wrapper, &only("app", old.addr, DRAIN_30S), |_| {}).ready().await;
+    let lameduck = only_child(proxy.pid());
+
+    let mark = proxy.logs.mark();
+    send_signal(lameduck, libc::SIGUSR2);
+    let is_refusal = |l: &Value| message(l) == "SIGUSR2: binary upgrade refused";
+    let refused = proxy.wait_for_log_after(mark, is_refusal, PROMPT).await;
+    assert!(field(&refused, "reason").contains("container init"), "{refused}");
+
+    rewrite(&proxy, &only("app", new.addr, DRAIN_30S));
+    assert_ok(&reload_by(&proxy, || send_signal(lameduck, libc::SIGHUP)).await);
+    assert_eq!(raw_get(proxy.addr, "/").await.body_text(), "new", "the reload applies");
+    assert_eq!(only_child(proxy.pid()), lameduck, "the same process serves");
+    send_signal(lameduck, libc::SIGTERM);
+    assert_eq!(proxy.exit_within(PROMPT).await, 0);
+}
