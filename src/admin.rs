@@ -132,10 +132,8 @@ async fn answer(admin: &Admin, req: Request<Incoming>, peer: SocketAddr) -> Admi
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/metrics" => {
             let mut resp = Response::new(Full::new(Bytes::from(admin.metrics.render())));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
             resp
         }
         "/upstreams" => {

@@ -18,6 +18,8 @@
 //!   requests and tunnels (RAII guards).
 //! - [`stats`]: what has happened (requests completed and refused, tunnels closed and cut),
 //!   read by metrics and the exit summary.
+//! - [`traffic`]: what requests did per upstream (counts by code, durations, bytes, connect
+//!   errors), written on the request path with one atomic add each, read by metrics.
 //! - [`listener`]: binding or inheriting listening sockets, and the accept loop.
 //! - [`proxy`]: the hyper service — routing, header rewriting, the request-framing tracker,
 //!   answers of its own (400, 404, 502, 503, 504).
@@ -76,6 +78,7 @@ pub mod stats;
 #[allow(unsafe_code)]
 pub mod systemd;
 pub mod tls;
+pub mod traffic;
 pub mod upstream;
 pub mod websocket;
 

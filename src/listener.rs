@@ -20,8 +20,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::config::ListenConfig;
-use crate::drain::{ConnGuard, DrainWatch, Phase};
+use crate::drain::{DrainWatch, Phase};
 use crate::proxy::conn::{ConnInfo, ConnServer};
+use crate::stats::Stats;
 use crate::systemd::{InheritedSocket, Notifier, Origin};
 use crate::tls::ListenerTls;
 
@@ -240,6 +241,8 @@ pub struct Acceptor {
     pub live: Arc<ArcSwap<ListenerLive>>,
     /// Turns true when a reload removes the listener: its connections wind down.
     pub retired: watch::Receiver<bool>,
+    /// Accepted connections and failed TLS handshakes are counted here.
+    pub stats: Arc<Stats>,
     /// Registers each connection with the drain.
     pub drain: DrainWatch,
     /// `max_connections` slots.
@@ -302,8 +305,9 @@ impl Acceptor {
     /// Registers `stream` with the drain and serves it on its own task.
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, slot: OwnedSemaphorePermit) {
         let guard = self.drain.conn_guard(Some(slot));
+        self.stats.connection_accepted();
         let live = self.live.load_full();
-        let (drain, retired) = (self.drain.clone(), self.retired.clone());
+        let (mut drain, retired, stats) = (self.drain.clone(), self.retired.clone(), self.stats.clone());
         tokio::spawn(async move {
             let ListenerLive { server, tls } = &*live;
             if let Err(e) = stream.set_nodelay(true) {
@@ -314,37 +318,52 @@ impl Acceptor {
                     let info = ConnInfo { peer, tls: false, h2: false };
                     server.serve(stream, info, guard, drain, retired).await;
                 }
-                // Boxed: the handshake's state would otherwise enlarge every connection's task.
-                Some(tls) => Box::pin(serve_tls(server, tls, stream, peer, guard, drain, retired)).await,
+                Some(tls) => {
+                    // Boxed: the handshake's state would otherwise enlarge every connection's task.
+                    let Some(stream) = Box::pin(handshake(tls, stream, peer, &mut drain, &stats)).await
+                    else {
+                        return;
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let info = ConnInfo { peer, tls: true, h2 };
+                    server.serve(stream, info, guard, drain, retired).await;
+                }
             }
         });
     }
 }
 
-/// Completes the TLS handshake (bounded by its timeout, abandoned when draining starts) and
-/// serves the connection. A failed handshake concerns only this client: it is logged at debug.
-async fn serve_tls(
-    server: &ConnServer,
+/// Completes the TLS handshake, bounded by its timeout and abandoned when draining starts.
+/// A failed handshake concerns only this client: it is logged at debug and counted.
+async fn handshake(
     tls: &ListenerTls,
     stream: TcpStream,
     peer: SocketAddr,
-    guard: Arc<ConnGuard>,
-    mut drain: DrainWatch,
-    retired: watch::Receiver<bool>,
-) {
+    drain: &mut DrainWatch,
+    stats: &Stats,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
     let stream = tokio::select! {
         done = handshake => match done {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return debug!(client.addr = %peer, error = %e, "tls handshake failed"),
-            Err(_) => return debug!(client.addr = %peer, "tls handshake timed out"),
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                stats.tls_handshake_failed();
+                debug!(client.addr = %peer, error = %e, "tls handshake failed");
+                None
+            }
+            Err(_) => {
+                stats.tls_handshake_failed();
+                debug!(client.addr = %peer, "tls handshake timed out");
+                None
+            }
         },
         // Only a real drain abandons handshakes; after a reload's handover they finish here.
-        _ = drain.reached(Phase::Draining) => return debug!(client.addr = %peer, "tls handshake abandoned: draining"),
+        _ = drain.reached(Phase::Draining) => {
+            debug!(client.addr = %peer, "tls handshake abandoned: draining");
+            None
+        }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let info = ConnInfo { peer, tls: true, h2 };
-    server.serve(stream, info, guard, drain, retired).await;
+    stream
 }
 
 /// EMFILE or ENFILE: the process or the system has no file descriptor left.

@@ -22,6 +22,14 @@ pub struct Stats {
     tunnels_closed: AtomicU64,
     /// Tunnels cut during the drain because a side did not answer its Close in time.
     tunnels_cut: AtomicU64,
+    /// Client connections accepted.
+    connections_accepted: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    tls_handshake_errors: AtomicU64,
+    /// Connections (tunnels included) still open when the deadline or a second signal cut.
+    connections_cut: AtomicU64,
+    /// When the drain's deadline cuts, in milliseconds since the epoch; 0 while serving.
+    deadline_unix_ms: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -39,6 +47,14 @@ pub struct Counts {
     pub tunnels_closed: u64,
     /// Tunnels cut by `close_timeout` (those still open at the deadline are not counted here).
     pub tunnels_cut: u64,
+    /// Client connections accepted.
+    pub connections_accepted: u64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_errors: u64,
+    /// Connections still open when the deadline or a second signal cut.
+    pub connections_cut: u64,
+    /// When the drain's deadline cuts, in milliseconds since the epoch; 0 while serving.
+    pub deadline_unix_ms: u64,
 }
 
 impl Default for Stats {
@@ -50,6 +66,10 @@ impl Default for Stats {
             held_refused: AtomicU64::new(0),
             tunnels_closed: AtomicU64::new(0),
             tunnels_cut: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            tls_handshake_errors: AtomicU64::new(0),
+            connections_cut: AtomicU64::new(0),
+            deadline_unix_ms: AtomicU64::new(0),
         }
     }
 }
@@ -80,6 +100,26 @@ impl Stats {
         self.tunnels_cut.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an accepted client connection.
+    pub fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TLS handshake that failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the connections a cut closed.
+    pub fn connections_cut(&self, n: u64) {
+        self.connections_cut.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Notes when the drain's deadline will cut, in milliseconds since the epoch.
+    pub fn set_deadline(&self, unix_ms: u64) {
+        self.deadline_unix_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
     /// Notes that the drain signal came: requests completed from now on count as "completed
     /// after the signal". Only the first call counts.
     pub fn mark_signal(&self) {
@@ -100,6 +140,10 @@ impl Stats {
             held_refused: self.held_refused.load(Ordering::Relaxed),
             tunnels_closed: self.tunnels_closed.load(Ordering::Relaxed),
             tunnels_cut: self.tunnels_cut.load(Ordering::Relaxed),
+            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
+            tls_handshake_errors: self.tls_handshake_errors.load(Ordering::Relaxed),
+            connections_cut: self.connections_cut.load(Ordering::Relaxed),
+            deadline_unix_ms: self.deadline_unix_ms.load(Ordering::Relaxed),
         }
     }
 }

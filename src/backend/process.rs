@@ -29,6 +29,9 @@ const NOT_INHERITED: [&str; 8] = [
     "LAMEDUCK_READY_FD",
 ];
 
+/// How long an ended backend's last output lines may take to be logged.
+const OUTPUT_WAIT: Duration = Duration::from_millis(500);
+
 /// How often readiness is probed while a backend starts.
 const READY_PROBE: Duration = Duration::from_millis(50);
 
@@ -41,15 +44,26 @@ pub struct Child {
     exited: oneshot::Receiver<ExitStatus>,
     /// How it ended, once [`Child::exit`] has seen it (`Some(None)`: the reaper is gone).
     ended: Option<Option<ExitStatus>>,
+    /// The tasks forwarding its stdout and stderr; they end at the pipes' EOF.
+    output: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Child {
-    /// Waits until the process has ended; again and again, once it has. Cancel-safe.
+    /// Waits until the process has ended, and its last output lines are logged (for at most
+    /// [`OUTPUT_WAIT`]: a child it left behind may hold the pipes open); again and again, once
+    /// it has. Cancel-safe.
     pub async fn exit(&mut self) -> Option<ExitStatus> {
         if let Some(ended) = self.ended {
             return ended;
         }
         let ended = (&mut self.exited).await.ok();
+        let output = std::mem::take(&mut self.output);
+        let _ = tokio::time::timeout(OUTPUT_WAIT, async {
+            for task in output {
+                let _ = task.await;
+            }
+        })
+        .await;
         self.ended = Some(ended);
         ended
     }
@@ -75,30 +89,35 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = reaper.spawn(&mut command)?;
     let pid = child.id();
+    let mut output = Vec::new();
     if let Some(out) = child.stdout.take() {
-        forward_lines(upstream, "stdout", OwnedFd::from(out));
+        output.extend(forward_lines(upstream, "stdout", OwnedFd::from(out)));
     }
     if let Some(err) = child.stderr.take() {
-        forward_lines(upstream, "stderr", OwnedFd::from(err));
+        output.extend(forward_lines(upstream, "stderr", OwnedFd::from(err)));
     }
     // Dropping a std Child neither waits nor kills: the reaper has its status.
     drop(child);
-    Ok(Child { pid, exited: reaper.exit_of(pid), ended: None })
+    Ok(Child { pid, exited: reaper.exit_of(pid), ended: None, output })
 }
 
-/// Logs each line the backend writes to `fd` as a `backend output` event.
-fn forward_lines(upstream: &str, stream: &'static str, fd: OwnedFd) {
+/// Logs each line the backend writes to `fd` as a `backend output` event, on a task that
+/// ends at EOF.
+fn forward_lines(upstream: &str, stream: &'static str, fd: OwnedFd) -> Option<tokio::task::JoinHandle<()>> {
     let receiver = match pipe::Receiver::from_owned_fd(fd) {
         Ok(receiver) => receiver,
-        Err(e) => return warn!(upstream.name = upstream, stream, error = %e, "backend output lost"),
+        Err(e) => {
+            warn!(upstream.name = upstream, stream, error = %e, "backend output lost");
+            return None;
+        }
     };
     let upstream = upstream.to_owned();
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut lines = BufReader::new(receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             info!(upstream.name = %upstream, stream, line = %line, "backend output");
         }
-    });
+    }))
 }
 
 /// Sends `signal` to the backend's process group (its children too, as systemd's default

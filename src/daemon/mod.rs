@@ -41,13 +41,14 @@ use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::Drain;
 use crate::listener::{Acceptor, ListenError, ListenerLive, Opened, Stop};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Sources};
 use crate::proxy::conn::ConnServer;
-use crate::proxy::{LiveProxy, Proxy};
+use crate::proxy::{Counting, LiveProxy, Proxy};
 use crate::reexec::Program;
 use crate::stats::Stats;
 use crate::systemd::{Inherited, Notifier};
 use crate::tls::TlsMaterial;
+use crate::traffic::TrafficBook;
 use crate::upstream::{Upstream, Upstreams};
 use crate::websocket::{CloseSettings, Tunnels};
 use crate::{admin, listener};
@@ -152,7 +153,8 @@ async fn start(
     let drain = Drain::new();
     let stats = Arc::new(Stats::default());
     let tunnels = Tunnels::new(close_settings(&config.drain), stats.clone());
-    let upstreams = Arc::new(build_upstreams(&config, &tls));
+    let traffic = Arc::new(TrafficBook::default());
+    let upstreams = Arc::new(build_upstreams(&config, &tls, &traffic));
     if let Some(paused) = inherited.paused.take() {
         let gone = upstreams.pause_from_list(&paused);
         info!(paused = %paused, "paused as the previous process had them");
@@ -163,14 +165,14 @@ async fn start(
     let (died_tx, died) = mpsc::unbounded_channel();
     let backends = Arc::new(start_backends(&config, &upstreams, died_tx).await?);
     let proxy: LiveProxy =
-        Arc::new(ArcSwap::from_pointee(build_proxy(&config, upstreams.clone(), &tunnels, &stats)));
+        Arc::new(ArcSwap::from_pointee(build_proxy(&config, upstreams.clone(), &tunnels, &stats, &traffic)));
     let upstreams = Arc::new(ArcSwap::new(upstreams));
     let server = Arc::new(ConnServer::new(proxy.clone(), &config.limits, config.drain.idle_linger));
     let slots = Arc::new(Semaphore::new(config.limits.max_connections));
     let mut listeners = Vec::new();
     for ((opened, tls), entry) in opened.listeners.into_iter().zip(tls.listeners).zip(&config.listeners) {
         let live = ListenerLive { server: server.clone(), tls };
-        listeners.push(Serving::start(entry.addr, opened, live, &drain, &slots)?);
+        listeners.push(Serving::start(entry.addr, opened, live, &drain, &slots, &stats)?);
     }
     log_routes(&config);
     let admin_token = Arc::new(ArcSwap::from_pointee(token.flatten()));
@@ -181,7 +183,12 @@ async fn start(
         info!(admin.addr = %addr, source = admin.source, "admin listening");
         // Handed to a successor too; this process stops accepting on it at the handover.
         admin_fd = Some(admin_listener.as_raw_fd());
-        let metrics = Arc::new(Metrics::new(drain.watch(), stats.clone(), upstreams.clone()));
+        let metrics = Arc::new(Metrics::new(Sources {
+            drain: drain.watch(),
+            stats: stats.clone(),
+            traffic: traffic.clone(),
+            upstreams: upstreams.clone(),
+        }));
         let admin = admin::Admin {
             drain: drain.watch(),
             metrics,
@@ -201,6 +208,7 @@ async fn start(
         backends,
         died,
         proxy,
+        traffic,
         listeners,
         slots,
         admin_fd,
@@ -209,9 +217,17 @@ async fn start(
     })
 }
 
-/// The proxy for `config` over `upstreams`: routes, `Retry-After`, and the tunnels.
-fn build_proxy(config: &Config, upstreams: Arc<Upstreams>, tunnels: &Tunnels, stats: &Arc<Stats>) -> Proxy {
-    Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels.clone(), stats.clone())
+/// The proxy for `config` over `upstreams`: routes, `Retry-After`, the tunnels, and where
+/// answers no upstream gave are counted.
+fn build_proxy(
+    config: &Config,
+    upstreams: Arc<Upstreams>,
+    tunnels: &Tunnels,
+    stats: &Arc<Stats>,
+    traffic: &TrafficBook,
+) -> Proxy {
+    let counting = Counting { stats: stats.clone(), none: traffic.none() };
+    Proxy::new(config.routes.clone(), upstreams, config.drain.retry_after, tunnels.clone(), counting)
 }
 
 /// One listener being served: what a reload swaps, and what a drain or a reload stops.
@@ -239,6 +255,7 @@ impl Serving {
         live: ListenerLive,
         drain: &Drain,
         slots: &Arc<Semaphore>,
+        stats: &Arc<Stats>,
     ) -> Result<Serving, StartupError> {
         let listener = TcpListener::from_std(opened.listener)
             .map_err(|source| StartupError::Listen(ListenError::Bind { addr: configured, source }))?;
@@ -250,6 +267,7 @@ impl Serving {
         let acceptor = Acceptor {
             live: live.clone(),
             retired,
+            stats: stats.clone(),
             drain: drain.watch(),
             slots: slots.clone(),
             takes_backlog: !opened.held_by_systemd,
@@ -289,13 +307,14 @@ fn is_pid1() -> bool {
     std::process::id() == 1
 }
 
-/// The upstream groups of `config`, with `tls` client configs for https ones.
-fn build_upstreams(config: &Config, tls: &TlsMaterial) -> Upstreams {
+/// The upstream groups of `config`, with `tls` client configs for https ones, counting into
+/// `book`.
+fn build_upstreams(config: &Config, tls: &TlsMaterial, book: &TrafficBook) -> Upstreams {
     let upstreams = config
         .upstreams
         .iter()
         .zip(&tls.upstreams)
-        .map(|(upstream, client)| Upstream::new(upstream, client.clone()))
+        .map(|(upstream, client)| Upstream::new(upstream, client.clone(), book.upstream(&upstream.name)))
         .collect();
     Upstreams::new(upstreams)
 }

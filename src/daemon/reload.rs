@@ -70,7 +70,8 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
     let mut changes = Changes { not_applied: not_applied(&running.config, &config), ..Changes::default() };
     let added = bind_added(running, &config)?;
 
-    let (upstreams, upstream_changes) = running.upstreams.load().reloaded(&config.upstreams, &tls.upstreams);
+    let (upstreams, upstream_changes) =
+        running.upstreams.load().reloaded(&config.upstreams, &tls.upstreams, &running.traffic);
     let upstreams = Arc::new(upstreams);
     changes.upstreams_added = upstream_changes.added;
     changes.upstreams_removed = upstream_changes.removed;
@@ -78,7 +79,13 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
     changes.not_applied.extend(upstream_changes.not_applied);
     running.upstreams.store(upstreams.clone());
     running.tunnels.update(close_settings(&config.drain));
-    running.proxy.store(Arc::new(build_proxy(&config, upstreams, &running.tunnels, &running.stats)));
+    running.proxy.store(Arc::new(build_proxy(
+        &config,
+        upstreams,
+        &running.tunnels,
+        &running.stats,
+        &running.traffic,
+    )));
     let server = Arc::new(ConnServer::new(running.proxy.clone(), &config.limits, config.drain.idle_linger));
 
     let mut removed = Vec::new();
@@ -119,8 +126,9 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
     for (index, opened) in added {
         let entry = &config.listeners[index];
         let live = ListenerLive { server: server.clone(), tls: tls.listeners[index].clone() };
-        let serving = Serving::start(entry.addr, opened, live, &running.drain, &running.slots)
-            .map_err(|e| format!("listener {}: {e}", entry.addr))?;
+        let serving =
+            Serving::start(entry.addr, opened, live, &running.drain, &running.slots, &running.stats)
+                .map_err(|e| format!("listener {}: {e}", entry.addr))?;
         changes.listeners_added.push(entry.addr);
         kept.push((index, serving));
     }

@@ -30,6 +30,7 @@ use crate::listener::Stop;
 use crate::proxy::LiveProxy;
 use crate::stats::Stats;
 use crate::systemd::Notifier;
+use crate::traffic::TrafficBook;
 use crate::upstream::Upstreams;
 
 use super::Serving;
@@ -87,6 +88,8 @@ pub(super) struct Running {
     pub(super) died: tokio::sync::mpsc::UnboundedReceiver<String>,
     /// The proxy requests are served with now; swapped by a reload.
     pub(super) proxy: LiveProxy,
+    /// Per-upstream request figures, kept across reloads.
+    pub(super) traffic: Arc<TrafficBook>,
     /// The listeners being served, in config order.
     pub(super) listeners: Vec<Serving>,
     /// `max_connections` slots, resized by a reload.
@@ -123,6 +126,9 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
     let upstreams = upstreams.load_full();
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
+    let deadline_at = std::time::SystemTime::now() + config.drain.deadline;
+    let unix_ms = deadline_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    stats.set_deadline(unix_ms);
     let backend_died = matches!(trigger, Trigger::BackendDied(_));
     let plan = announce(trigger, &config.drain, notifier, &stats);
     let outcome = match serve_grace(&drain, plan.grace, signals).await {
@@ -291,8 +297,9 @@ fn cut_by_signal(signal: &str) -> Outcome {
 /// The one summary line of every exit; `backends` says how each supervised backend ended.
 fn log_summary(drain: &Drain, stats: &Stats, took: Duration, outcome: Outcome, backends: &str) {
     let open = drain.snapshot();
-    let counts = stats.counts();
     let cut = |n| if outcome == Outcome::Cut { n } else { 0 };
+    stats.connections_cut(cut(open.open as u64));
+    let counts = stats.counts();
     info!(
         exit.status = outcome.exit_code(),
         drain.secs = took.as_secs_f64(),

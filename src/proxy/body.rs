@@ -8,16 +8,19 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::io::InFlight;
 use crate::drain::RequestGuard;
+use crate::traffic::UpstreamTraffic;
 use crate::upstream::UpstreamBody;
 
 /// What a response body is made of.
@@ -46,12 +49,27 @@ pub struct AccessRecord {
     pub started: Instant,
 }
 
+/// What a finished request adds to its upstream's figures (or to `none`'s).
+#[derive(Debug)]
+pub struct Meter {
+    /// Where it is counted.
+    pub traffic: Arc<UpstreamTraffic>,
+    /// The request's method and HTTP version, as labels.
+    pub method: Method,
+    pub version: Version,
+    /// The status the client got.
+    pub status: u16,
+    /// When the request reached the service.
+    pub started: Instant,
+}
+
 /// Everything that happens once when the response ends.
 #[derive(Debug)]
 struct Finish {
     _request: RequestGuard,
     /// Keeps the request counted on its connection (for the idle timer) until now.
     _in_flight: InFlight,
+    meter: Meter,
     /// Boxed: only there when access logs are on, and every response carries the field.
     record: Option<Box<AccessRecord>>,
 }
@@ -86,14 +104,15 @@ impl ResponseBody {
     }
 
     /// Attaches the bookkeeping that runs when this response ends: the guards drop (which
-    /// counts the request as completed) and `record` is logged.
+    /// counts the request as completed), `meter` is counted and `record` is logged.
     pub fn finish_with(
         &mut self,
         request: RequestGuard,
         in_flight: InFlight,
+        meter: Meter,
         record: Option<Box<AccessRecord>>,
     ) {
-        self.finish = Some(Finish { _request: request, _in_flight: in_flight, record });
+        self.finish = Some(Finish { _request: request, _in_flight: in_flight, meter, record });
     }
 }
 
@@ -140,12 +159,58 @@ impl Body for ResponseBody {
     }
 }
 
+/// A request body on its way upstream, its bytes counted into the upstream's figures as
+/// they pass.
+#[derive(Debug)]
+pub struct CountedBody {
+    inner: Incoming,
+    traffic: Arc<UpstreamTraffic>,
+}
+
+impl CountedBody {
+    /// `inner`, counted into `traffic`.
+    pub fn new(inner: Incoming, traffic: Arc<UpstreamTraffic>) -> Self {
+        CountedBody { inner, traffic }
+    }
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.traffic.request_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         let Some(finish) = self.finish.take() else {
             return;
         };
         let complete = self.complete || self.is_end_stream();
+        let meter = &finish.meter;
+        meter.traffic.count_request(&meter.method, meter.version, meter.status);
+        meter.traffic.duration.observe(meter.started.elapsed());
+        meter.traffic.response_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         if let Some(r) = finish.record {
             let (method, client) = (&r.method, &r.client);
             let duration_ms = r.started.elapsed().as_secs_f64() * 1000.0;

@@ -40,9 +40,10 @@ use io::InFlight;
 use crate::config::{Forwarding, RouteConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::stats::Stats;
+use crate::traffic::UpstreamTraffic;
 use crate::upstream::{HoldError, UpgradeAnswer, Upstream, Upstreams};
 use crate::websocket::{Handoff, Tunnels};
-use body::AccessRecord;
+use body::{AccessRecord, CountedBody, Meter};
 use route::Routes;
 
 /// The proxy as configured now: swapped whole by a reload (SIGHUP). Each request loads it
@@ -58,8 +59,8 @@ pub struct Proxy {
     retry_after: HeaderValue,
     /// Starts a tunnel at each `101`.
     tunnels: Tunnels,
-    /// Requests completed and refused are counted here.
-    stats: Arc<Stats>,
+    /// Requests completed and refused, and answers no upstream gave, are counted here.
+    counting: Counting,
     /// Whether access log lines are wanted at all (decided once, at start-up).
     access_log: bool,
 }
@@ -73,7 +74,7 @@ impl Proxy {
         upstreams: Arc<Upstreams>,
         retry_after: Duration,
         tunnels: Tunnels,
-        stats: Arc<Stats>,
+        counting: Counting,
     ) -> Self {
         let retry_secs = retry_after.as_secs_f64().ceil() as u64;
         Proxy {
@@ -81,10 +82,19 @@ impl Proxy {
             upstreams,
             retry_after: HeaderValue::from(retry_secs),
             tunnels,
-            stats,
+            counting,
             access_log: tracing::enabled!(target: "lameduck::access", tracing::Level::INFO),
         }
     }
+}
+
+/// Where a proxy counts what happened besides each upstream's own figures.
+#[derive(Debug, Clone)]
+pub struct Counting {
+    /// Requests completed and refused (the drain's figures).
+    pub stats: Arc<Stats>,
+    /// Answers no upstream gave: 404, 400, a drain's 503.
+    pub none: Arc<UpstreamTraffic>,
 }
 
 /// What a request needs to know about the connection it came on.
@@ -143,9 +153,11 @@ async fn handle(
     mut in_flight: InFlight,
 ) -> Response<ResponseBody> {
     let request_guard = conn.drain.request_guard();
+    let started = Instant::now();
     let ambiguous = in_flight.ambiguous;
-    let h1 = req.version() < Version::HTTP_2;
-    let record = proxy.access_log.then(|| (req.method().clone(), req.uri().clone(), Instant::now()));
+    let (method, version) = (req.method().clone(), req.version());
+    let h1 = version < Version::HTTP_2;
+    let record = proxy.access_log.then(|| req.uri().clone());
 
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
@@ -153,21 +165,23 @@ async fn handle(
         Err(ProxyError::Connect)
     } else if conn.drain.phase() == Phase::Draining {
         in_flight.refused_for_drain();
-        proxy.stats.request_rejected();
+        proxy.counting.stats.request_rejected();
         Err(ProxyError::Draining)
     } else {
-        forward(proxy, conn, req).await
+        forward(proxy, conn, req, started).await
     };
 
-    let (mut resp, upstream) = match outcome {
-        Ok((resp, upstream)) => (resp, Some(upstream)),
+    let (mut resp, upstream, traffic) = match outcome {
+        Ok((resp, upstream)) => (resp, Some(upstream.name.clone()), upstream.traffic.clone()),
         Err(e) => {
             log_error(&e, conn.peer);
             if matches!(e, ProxyError::Held { why: HoldError::Released, .. }) {
-                proxy.stats.held_refused();
+                proxy.counting.stats.held_refused();
             }
             let upstream = e.upstream().cloned();
-            (error_response(&e, &proxy.retry_after), upstream)
+            let by_name = upstream.as_deref().and_then(|name| proxy.upstreams.by_name(name));
+            let traffic = by_name.map_or_else(|| proxy.counting.none.clone(), |u| u.traffic.clone());
+            (error_response(&e, &proxy.retry_after), upstream, traffic)
         }
     };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -175,10 +189,12 @@ async fn handle(
     if h1 && !switching && (ambiguous || winding_down) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let record = record.map(|(method, uri, started)| {
-        Box::new(AccessRecord { method, uri, status: resp.status(), upstream, client: conn.peer, started })
+    let status = resp.status();
+    let record = record.map(|uri| {
+        Box::new(AccessRecord { method: method.clone(), uri, status, upstream, client: conn.peer, started })
     });
-    resp.body_mut().finish_with(request_guard, in_flight, record);
+    let meter = Meter { traffic, method, version, status: status.as_u16(), started };
+    resp.body_mut().finish_with(request_guard, in_flight, meter, record);
     resp
 }
 
@@ -208,14 +224,17 @@ fn error_response(e: &ProxyError, retry_after: &HeaderValue) -> Response<Respons
     resp
 }
 
-type Forwarded = (Response<ResponseBody>, Arc<str>);
+/// The response and the upstream that gave it.
+type Forwarded<'p> = (Response<ResponseBody>, &'p Upstream);
 
-/// Routes `req`, rewrites it for the upstream, sends it, and rewrites the answer.
-async fn forward(
-    proxy: &Proxy,
+/// Routes `req`, rewrites it for the upstream, sends it, and rewrites the answer; the time to
+/// the upstream's response head (from `started`) is counted.
+async fn forward<'p>(
+    proxy: &'p Proxy,
     conn: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
-) -> Result<Forwarded, ProxyError> {
+    started: Instant,
+) -> Result<Forwarded<'p>, ProxyError> {
     let host = host::request_host(&req).map_err(ProxyError::BadHost)?;
     let route = proxy
         .routes
@@ -237,21 +256,23 @@ async fn forward(
         }
     }
     rewrite_request(&mut req, conn, host, false, route.forwarding);
+    let req = req.map(|body| CountedBody::new(body, upstream.traffic.clone()));
     let mut resp = upstream.send(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
+    upstream.traffic.response_headers.observe(started.elapsed());
     rewrite_response(&mut resp);
-    Ok((resp.map(ResponseBody::upstream), upstream.name.clone()))
+    Ok((resp.map(ResponseBody::upstream), upstream))
 }
 
 /// Forwards an upgrade request; a `101` hands both connections to a tunnel.
-async fn forward_upgrade(
+async fn forward_upgrade<'p>(
     proxy: &Proxy,
     conn: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
-    upstream: &Upstream,
+    upstream: &'p Upstream,
     forwarding: &Forwarding,
     asked: HeaderValue,
-) -> Result<Forwarded, ProxyError> {
+) -> Result<Forwarded<'p>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     rewrite_request(&mut req, conn, host, true, forwarding);
     let answer = upstream.send_upgrade(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
@@ -259,7 +280,7 @@ async fn forward_upgrade(
         UpgradeAnswer::Switched(resp, switched) => (resp, switched),
         UpgradeAnswer::Refused(mut resp) => {
             rewrite_response(&mut resp);
-            return Ok((resp.map(ResponseBody::upstream), upstream.name.clone()));
+            return Ok((resp.map(ResponseBody::upstream), upstream));
         }
     };
     if !headers::switched_as_asked(resp.headers(), &asked) {
@@ -284,7 +305,7 @@ async fn forward_upgrade(
         restarts: switched.restarts,
     };
     proxy.tunnels.spawn(handoff, conn.drain.clone());
-    Ok((resp.map(|()| ResponseBody::empty()), upstream.name.clone()))
+    Ok((resp.map(|()| ResponseBody::empty()), upstream))
 }
 
 /// Turns an upstream's (non-101) response into what the client gets.

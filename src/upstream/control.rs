@@ -16,6 +16,7 @@ use tracing::info;
 use super::pool::Target;
 use super::Upstream;
 use crate::config::UpstreamConfig;
+use crate::traffic::TrafficBook;
 
 /// Every upstream group, in config order (routes refer to them by index).
 #[derive(Debug)]
@@ -112,6 +113,7 @@ impl Upstreams {
         &self,
         configs: &[UpstreamConfig],
         tls: &[Option<Arc<ClientConfig>>],
+        book: &TrafficBook,
     ) -> (Upstreams, UpstreamChanges) {
         let mut changes = UpstreamChanges::default();
         let mut list = Vec::new();
@@ -127,13 +129,13 @@ impl Upstreams {
                 Some(old) if old.config == *config && client.is_none() => old.clone(),
                 Some(old) => {
                     changes.changed.push(config.name.clone());
-                    let new = Arc::new(Upstream::new(config, client.clone()));
+                    let new = Arc::new(Upstream::new(config, client.clone(), book.upstream(&config.name)));
                     new.take_over(old);
                     new
                 }
                 None => {
                     changes.added.push(config.name.clone());
-                    Arc::new(Upstream::new(config, client.clone()))
+                    Arc::new(Upstream::new(config, client.clone(), book.upstream(&config.name)))
                 }
             };
             list.push(upstream);

@@ -94,6 +94,7 @@ use pool::{Lease, Target};
 
 use crate::config::{UpstreamAddr, UpstreamConfig};
 use crate::tls::{self, UpstreamTls};
+use crate::traffic::{ConnectFailure, UpstreamTraffic};
 
 /// One upstream group.
 #[derive(Debug)]
@@ -112,6 +113,8 @@ pub struct Upstream {
     /// The upstream this one replaced at a reload while requests were held there: a resume
     /// here sends those on too (to the addresses they were held for).
     predecessor: std::sync::Mutex<Option<Arc<Upstream>>>,
+    /// Where its requests, durations, bytes and connect errors are counted.
+    pub traffic: Arc<UpstreamTraffic>,
 }
 
 /// The upstream's answer to an upgrade request.
@@ -121,6 +124,17 @@ pub enum UpgradeAnswer {
     Switched(Response<()>, Switched),
     /// Any other answer: an ordinary response.
     Refused(Response<UpstreamBody>),
+}
+
+/// What kind of connect failure `e` is. A TCP connection refused or timed out says so;
+/// anything else on an https upstream happened in (or because of) the TLS handshake.
+fn connect_failure(e: &io::Error, tls: bool) -> ConnectFailure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        _ if tls && e.get_ref().is_some() => ConnectFailure::Tls,
+        _ => ConnectFailure::Other,
+    }
 }
 
 /// Drives `exchanging`, passing `turn` on to the next held request once its first poll
@@ -145,8 +159,13 @@ enum Attempt<T, B> {
 }
 
 impl Upstream {
-    /// A group from its configuration; `tls` is its client config if it speaks https.
-    pub fn new(config: &UpstreamConfig, tls: Option<Arc<ClientConfig>>) -> Self {
+    /// A group from its configuration; `tls` is its client config if it speaks https; it
+    /// counts into `traffic`.
+    pub fn new(
+        config: &UpstreamConfig,
+        tls: Option<Arc<ClientConfig>>,
+        traffic: Arc<UpstreamTraffic>,
+    ) -> Self {
         let target = |addr: &UpstreamAddr| {
             let tls = tls.as_ref().map(|client| UpstreamTls {
                 connector: TlsConnector::from(client.clone()),
@@ -164,6 +183,7 @@ impl Upstream {
             gate: Gate::new(config.hold),
             config: config.clone(),
             predecessor: std::sync::Mutex::new(None),
+            traffic,
         }
     }
 
@@ -200,7 +220,10 @@ impl Upstream {
         loop {
             let tried = match tokio::time::timeout(self.timeout, attempt(req, turn)).await {
                 Ok(tried) => tried?,
-                Err(_) => return Err(SendError::Timeout),
+                Err(_) => {
+                    self.traffic.timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(SendError::Timeout);
+                }
             };
             let blocked = match tried {
                 Attempt::Done(done) => return Ok(done),
@@ -335,11 +358,15 @@ impl Upstream {
             self.connect_timeout,
             connect_io(&target.addr, target.tls.as_ref()),
         ));
-        let error = match connecting.await {
+        let (error, why) = match connecting.await {
             Ok(Ok(io)) => return Some(io),
-            Ok(Err(e)) => e,
-            Err(_) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            Ok(Err(e)) => {
+                let why = connect_failure(&e, target.tls.is_some());
+                (e, why)
+            }
+            Err(_) => (io::Error::new(io::ErrorKind::TimedOut, "connect timed out"), ConnectFailure::Timeout),
         };
+        self.traffic.count_connect_error(why);
         // Requests retrying a restarting backend (connect_retry) fail often: one warning per
         // address per second says as much as one per attempt.
         let since_last = target.last_connect_error().and_then(|(_, at)| at.elapsed().ok());

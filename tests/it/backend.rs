@@ -279,8 +279,11 @@ async fn ready_1_comes_only_once_the_backend_accepts() {
         position(&lines, "legacy backend on", output_starting(&format!("legacy backend on http://{addr}")));
     let backend_ready = position(&lines, "backend ready", msg("backend ready"));
     let ready_line = position(&lines, "ready", msg("ready"));
+    // The backend's own output is forwarded by a task of its own, so its lines may be logged
+    // a little after lameduck's probe found the port open: only lameduck's order is fixed.
+    let _ = listening;
     assert!(
-        started < env && env < listening && listening < backend_ready && backend_ready < ready_line,
+        started < env && started < backend_ready && backend_ready < ready_line,
         "order: started {started}, env {env}, listening {listening}, backend ready {backend_ready}, ready \
          {ready_line}; log:\n{}",
         proxy.logs.dump()

@@ -8,6 +8,7 @@ mod deploy;
 mod drain;
 mod harness;
 mod hold;
+mod metrics;
 mod kubernetes;
 mod pause;
 mod proxy;
