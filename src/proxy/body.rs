@@ -8,12 +8,12 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Method, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -32,22 +32,104 @@ enum Inner {
     Full(Option<Bytes>),
 }
 
-/// Facts about a request for its access log line.
+/// Facts about a request for its access log line (only gathered when the access log is on).
 #[derive(Debug)]
 pub struct AccessRecord {
     /// Request method.
     pub method: Method,
-    /// Request target (the path is logged).
+    /// Request target: its path (and query) are logged.
     pub uri: Uri,
+    /// The client's HTTP version.
+    pub version: Version,
+    /// `Host` (or `:authority`), as the client sent it.
+    pub host: Option<HeaderValue>,
+    /// `User-Agent`, as the client sent it.
+    pub user_agent: Option<HeaderValue>,
+    /// The client's `X-Request-Id`, or one lameduck made (and sent upstream).
+    pub request_id: HeaderValue,
+    /// The request came while the daemon wound down (grace, drain or handover).
+    pub drain: bool,
+    /// Request body bytes sent upstream so far.
+    pub bytes_in: Arc<AtomicU64>,
     /// Response status.
     pub status: StatusCode,
     /// The upstream that answered, if any.
     pub upstream: Option<Arc<str>>,
+    /// The address that answered, if an upstream did.
+    pub upstream_addr: Option<String>,
+    /// Time to the upstream's response head.
+    pub upstream_took: Option<std::time::Duration>,
     /// The client.
     pub client: SocketAddr,
     /// When the request reached the service.
     pub started: Instant,
 }
+
+impl AccessRecord {
+    /// The record of `req`, taken before it is forwarded: a request without `X-Request-Id`
+    /// gets one here, which goes upstream with it.
+    pub fn begin<B>(req: &mut http::Request<B>, client: SocketAddr, drain: bool, started: Instant) -> Self {
+        let headers = req.headers_mut();
+        let request_id = match headers.get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..)))
+                    .expect("hex digits are a valid header value");
+                headers.insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let host = headers.get(http::header::HOST).cloned().or_else(|| {
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        AccessRecord {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host,
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            request_id,
+            drain,
+            bytes_in: Arc::default(),
+            status: StatusCode::OK,
+            upstream: None,
+            upstream_addr: None,
+            upstream_took: None,
+            client,
+            started,
+        }
+    }
+
+    /// Logs the line for a response that ended with `bytes_out` body bytes sent.
+    fn log(&self, bytes_out: u64, complete: bool) {
+        let text = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        tracing::info!(
+            target: "lameduck::access",
+            duration_ms = millis(self.started.elapsed()),
+            http.method = %self.method,
+            http.version = ?self.version,
+            http.host = %text(&self.host),
+            http.path = self.uri.path(),
+            http.query = self.uri.query().unwrap_or(""),
+            http.status = self.status.as_u16(),
+            user_agent = %text(&self.user_agent),
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            upstream.name = self.upstream.as_deref().unwrap_or("-"),
+            upstream.addr = self.upstream_addr.as_deref().unwrap_or("-"),
+            upstream.duration_ms = self.upstream_took.map(millis),
+            client.addr = %self.client,
+            "bytes.in" = self.bytes_in.load(Ordering::Relaxed),
+            bytes.out = bytes_out,
+            drain = self.drain,
+            complete,
+            "request"
+        );
+    }
+}
+
+/// The request id header (a de-facto standard: Heroku, nginx `$request_id`, Envoy).
+const X_REQUEST_ID: &str = "x-request-id";
 
 /// What a finished request adds to its upstream's figures (or to `none`'s).
 #[derive(Debug)]
@@ -86,6 +168,14 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
+    /// The upstream address the body is read from, if it comes from one.
+    pub fn upstream_addr(&self) -> Option<String> {
+        match &self.inner {
+            Inner::Upstream(body) => Some(body.addr().to_string()),
+            Inner::Full(_) => None,
+        }
+    }
+
     /// A body streamed from an upstream connection.
     pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody { inner: Inner::Upstream(body), bytes: 0, complete: false, finish: None }
@@ -165,12 +255,14 @@ impl Body for ResponseBody {
 pub struct CountedBody {
     inner: Incoming,
     traffic: Arc<UpstreamTraffic>,
+    /// The request's own count, for its access log line (when the log is on).
+    logged: Option<Arc<AtomicU64>>,
 }
 
 impl CountedBody {
-    /// `inner`, counted into `traffic`.
-    pub fn new(inner: Incoming, traffic: Arc<UpstreamTraffic>) -> Self {
-        CountedBody { inner, traffic }
+    /// `inner`, counted into `traffic` (and into `logged`, if given).
+    pub fn new(inner: Incoming, traffic: Arc<UpstreamTraffic>, logged: Option<Arc<AtomicU64>>) -> Self {
+        CountedBody { inner, traffic, logged }
     }
 }
 
@@ -187,6 +279,9 @@ impl Body for CountedBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.traffic.request_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                if let Some(logged) = &this.logged {
+                    logged.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
             }
         }
         polled
@@ -211,21 +306,8 @@ impl Drop for ResponseBody {
         meter.traffic.count_request(&meter.method, meter.version, meter.status);
         meter.traffic.duration.observe(meter.started.elapsed());
         meter.traffic.response_bytes.fetch_add(self.bytes, Ordering::Relaxed);
-        if let Some(r) = finish.record {
-            let (method, client) = (&r.method, &r.client);
-            let duration_ms = r.started.elapsed().as_secs_f64() * 1000.0;
-            tracing::info!(
-                target: "lameduck::access",
-                bytes = self.bytes,
-                http.method = %method,
-                http.path = r.uri.path(),
-                http.status = r.status.as_u16(),
-                upstream.name = r.upstream.as_deref().unwrap_or("-"),
-                client.addr = %client,
-                duration_ms,
-                complete,
-                "request"
-            );
+        if let Some(record) = finish.record {
+            record.log(self.bytes, complete);
         }
     }
 }

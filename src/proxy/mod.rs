@@ -20,6 +20,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +150,7 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 async fn handle(
     proxy: &Proxy,
     conn: &Arc<ConnCtx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut in_flight: InFlight,
 ) -> Response<ResponseBody> {
     let request_guard = conn.drain.request_guard();
@@ -157,7 +158,11 @@ async fn handle(
     let ambiguous = in_flight.ambiguous;
     let (method, version) = (req.method().clone(), req.version());
     let h1 = version < Version::HTTP_2;
-    let record = proxy.access_log.then(|| req.uri().clone());
+    let mut record = proxy.access_log.then(|| {
+        let winding_down = conn.drain.phase().is_winding_down();
+        Box::new(AccessRecord::begin(&mut req, conn.peer, winding_down, started))
+    });
+    let bytes_in = record.as_ref().map(|r| r.bytes_in.clone());
 
     let outcome = if ambiguous {
         Err(ProxyError::AmbiguousFraming)
@@ -168,7 +173,7 @@ async fn handle(
         proxy.counting.stats.request_rejected();
         Err(ProxyError::Draining)
     } else {
-        forward(proxy, conn, req, started).await
+        forward(proxy, conn, req, started, bytes_in).await
     };
 
     let (mut resp, upstream, traffic) = match outcome {
@@ -190,9 +195,12 @@ async fn handle(
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let status = resp.status();
-    let record = record.map(|uri| {
-        Box::new(AccessRecord { method: method.clone(), uri, status, upstream, client: conn.peer, started })
-    });
+    if let Some(record) = record.as_mut() {
+        record.status = status;
+        record.upstream_addr = resp.body().upstream_addr();
+        record.upstream_took = record.upstream_addr.is_some().then(|| started.elapsed());
+        record.upstream = upstream;
+    }
     let meter = Meter { traffic, method, version, status: status.as_u16(), started };
     resp.body_mut().finish_with(request_guard, in_flight, meter, record);
     resp
@@ -234,6 +242,7 @@ async fn forward<'p>(
     conn: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
     started: Instant,
+    bytes_in: Option<Arc<AtomicU64>>,
 ) -> Result<Forwarded<'p>, ProxyError> {
     let host = host::request_host(&req).map_err(ProxyError::BadHost)?;
     let route = proxy
@@ -256,7 +265,7 @@ async fn forward<'p>(
         }
     }
     rewrite_request(&mut req, conn, host, false, route.forwarding);
-    let req = req.map(|body| CountedBody::new(body, upstream.traffic.clone()));
+    let req = req.map(|body| CountedBody::new(body, upstream.traffic.clone(), bytes_in));
     let mut resp = upstream.send(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
     upstream.traffic.response_headers.observe(started.elapsed());
     rewrite_response(&mut resp);
@@ -274,6 +283,7 @@ async fn forward_upgrade<'p>(
     asked: HeaderValue,
 ) -> Result<Forwarded<'p>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
+    let path = req.uri().path().into();
     rewrite_request(&mut req, conn, host, true, forwarding);
     let answer = upstream.send_upgrade(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
     let (mut resp, switched) = match answer {
@@ -302,6 +312,7 @@ async fn forward_upgrade<'p>(
         websocket: headers::is_websocket(resp.headers()),
         guard: conn.drain.tunnel_guard(conn.guard.clone()),
         peer: conn.peer,
+        path,
         restarts: switched.restarts,
     };
     proxy.tunnels.spawn(handoff, conn.drain.clone());

@@ -45,6 +45,11 @@ impl UpstreamBody {
         UpstreamBody { conn: Some(conn), framing, keep_alive, upload, target }
     }
 
+    /// The address the response comes from.
+    pub fn addr(&self) -> &crate::config::UpstreamAddr {
+        &self.target.addr
+    }
+
     /// The body has ended: the connection goes back to the pool if it can be used again.
     fn end(&mut self) {
         self.framing = BodyFraming::Done;

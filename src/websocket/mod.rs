@@ -22,7 +22,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info};
 
 pub use close::{CloseSettings, CloseSpread, SpreadMember};
 
@@ -53,6 +53,8 @@ pub struct Handoff<U> {
     pub guard: TunnelGuard,
     /// The client's address, for log lines.
     pub peer: SocketAddr,
+    /// The request's path, for the tunnel's access log line.
+    pub path: Box<str>,
     /// Changes when the upstream is paused for a restart: the tunnel then closes with 1012
     /// Service Restart (RFC 6455 §7.4, IANA registry), so its client reconnects once the
     /// backend is back, rather than losing the connection when it dies.
@@ -84,7 +86,7 @@ impl Tunnels {
     where
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Handoff { client, upstream, upstream_first, websocket, guard, peer, restarts } = handoff;
+        let Handoff { client, upstream, upstream_first, websocket, guard, peer, path, restarts } = handoff;
         let member = websocket.then(|| self.spread.join());
         let tunnels = self.clone();
         tokio::spawn(async move {
@@ -95,9 +97,22 @@ impl Tunnels {
             let settings = tunnels.settings.load_full();
             let tunnel =
                 tunnel::Tunnel::new(TokioIo::new(client), upstream, upstream_first, websocket, settings);
-            tunnel.run(drain, restarts, &tunnels.spread, &tunnels.stats).await;
+            let started = tokio::time::Instant::now();
+            let ending = tunnel.run(drain, restarts, &tunnels.spread, &tunnels.stats).await;
             drop((member, guard));
-            debug!(client.addr = %peer, "tunnel closed");
+            // The second access line of an upgraded request: the first was its 101.
+            info!(
+                target: "lameduck::access",
+                duration_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+                http.path = &*path,
+                client.addr = %peer,
+                end = ending.how,
+                close_code = ending.close_code,
+                "bytes.in" = ending.bytes_in,
+                "bytes.out" = ending.bytes_out,
+                websocket,
+                "tunnel ended"
+            );
         });
     }
 }

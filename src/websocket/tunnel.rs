@@ -68,6 +68,20 @@ enum End {
     Cut(&'static str),
 }
 
+/// How a tunnel ended, for its access log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ending {
+    /// `client_close`, `upstream_close` (a side closed it), `drain_handshake`,
+    /// `restart_handshake` (lameduck closed it with its close handshake), or `cut`.
+    pub how: &'static str,
+    /// The close code lameduck sent both sides, if it closed the tunnel.
+    pub close_code: Option<u16>,
+    /// Bytes relayed from the client to the upstream.
+    pub bytes_in: u64,
+    /// Bytes relayed from the upstream to the client.
+    pub bytes_out: u64,
+}
+
 /// Both sides of an upgraded connection and the two pipes between them.
 pub struct Tunnel<C, U> {
     client: C,
@@ -103,14 +117,15 @@ where
 
     /// Relays until the tunnel ends; on drain (or a handover), closes it as the module doc
     /// describes, starting at its slot of `spread`; when `restarts` changes (its upstream is
-    /// paused), closes it at once with 1012. How a drain ended it is counted in `stats`.
+    /// paused), closes it at once with 1012. How a drain ended it is counted in `stats`;
+    /// how it ended at all is returned, for its access log line.
     pub async fn run(
         mut self,
         mut drain: DrainWatch,
         mut restarts: watch::Receiver<()>,
         spread: &CloseSpread,
         stats: &Stats,
-    ) {
+    ) -> Ending {
         let end = tokio::select! {
             end = self.relay_until_closed() => end,
             // Boxed: an idle tunnel's task should not reserve room for the close sequence.
@@ -122,6 +137,18 @@ where
             }
         };
         let for_drain = drain.phase().is_winding_down();
+        let ending = Ending {
+            how: match end {
+                End::Closed if self.down.close_seen && !self.up.close_seen => "upstream_close",
+                End::Closed => "client_close",
+                End::Handshake if self.closing.0 == SERVICE_RESTART => "restart_handshake",
+                End::Handshake => "drain_handshake",
+                End::Cut(_) => "cut",
+            },
+            close_code: matches!(end, End::Handshake).then_some(self.closing.0),
+            bytes_in: self.up.relayed,
+            bytes_out: self.down.relayed,
+        };
         match end {
             End::Handshake if for_drain => stats.tunnel_closed(),
             End::Handshake => {}
@@ -136,6 +163,7 @@ where
         // Best effort: a FIN rather than a reset where the peer still listens.
         let _ = tokio::time::timeout(Duration::from_millis(100), self.client.shutdown()).await;
         let _ = tokio::time::timeout(Duration::from_millis(100), self.upstream.shutdown()).await;
+        ending
     }
 
     /// The next event from either direction.

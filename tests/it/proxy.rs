@@ -281,6 +281,12 @@ async fn access_log_line_has_method_path_status_upstream_duration_bytes() {
     let backend = Backend::named("12345").await;
     let proxy = Lameduck::start(&config_for(backend.addr)).await;
     assert_eq!(raw_get(proxy.addr, "/logged?x=1").await.status, 200);
+    let posted = raw_request(
+        proxy.addr,
+        b"POST /logged/post HTTP/1.1\r\nHost: site.example\r\nUser-Agent: test/1\r\nX-Request-Id: r-42\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(posted.status, 200);
     let is_ours = |l: &serde_json::Value| {
         is_access_line(l) && field_str(l, "http.path").is_some_and(|p| p.starts_with("/logged"))
     };
@@ -289,7 +295,26 @@ async fn access_log_line_has_method_path_status_upstream_duration_bytes() {
     assert_eq!(field_f64(&line, "http.status"), Some(200.0), "{line}");
     assert_eq!(field_str(&line, "upstream.name").as_deref(), Some("app"), "{line}");
     assert!(field_f64(&line, "duration_ms").is_some_and(|d| d >= 0.0), "{line}");
-    assert_eq!(field_f64(&line, "bytes"), Some(5.0), "response body bytes: {line}");
+    assert_eq!(field_f64(&line, "bytes.out"), Some(5.0), "response body bytes: {line}");
+    assert_eq!(field_str(&line, "http.query").as_deref(), Some("x=1"), "{line}");
+    assert_eq!(field_str(&line, "http.version").as_deref(), Some("HTTP/1.1"), "{line}");
+    assert_eq!(field_str(&line, "upstream.addr"), Some(backend.addr.to_string()), "{line}");
+    assert!(field_f64(&line, "upstream.duration_ms").is_some_and(|d| d >= 0.0), "{line}");
+    assert_eq!(line["drain"], false, "{line}");
+    // A request without X-Request-Id gets one, and the upstream sees it.
+    let made = field_str(&line, "request_id").expect("a request id");
+    assert_eq!(made.len(), 16, "{line}");
+    let first = backend.arrived().await;
+    assert_eq!(first.header("x-request-id"), Some(made), "the generated id goes upstream");
+
+    let is_post = |l: &serde_json::Value| {
+        is_access_line(l) && field_str(l, "http.path").as_deref() == Some("/logged/post")
+    };
+    let line = proxy.wait_for_log(is_post, PROMPT).await;
+    assert_eq!(field_str(&line, "request_id").as_deref(), Some("r-42"), "the client's id is kept: {line}");
+    assert_eq!(field_str(&line, "http.host").as_deref(), Some("site.example"), "{line}");
+    assert_eq!(field_str(&line, "user_agent").as_deref(), Some("test/1"), "{line}");
+    assert_eq!(field_f64(&line, "bytes.in"), Some(3.0), "request body bytes: {line}");
 }
 
 #[tokio::test]

@@ -588,3 +588,33 @@ async fn drain_lets_a_half_closed_raw_tunnel_that_still_streams_finish() {
     let summary = proxy.summary().await;
     assert_eq!(field_f64(&summary, "tunnels.cut"), Some(0.0), "{summary}");
 }
+
+/// An upgraded request is logged twice: at its `101`, and when its tunnel ends, with the
+/// tunnel's duration, the bytes relayed each way, and how it ended.
+#[tokio::test]
+async fn a_websocket_gets_a_second_access_line_when_its_tunnel_ends() {
+    let backend = WsBackend::start(Behaviour::Echo).await;
+    let proxy = Lameduck::start(&config(&[backend.addr], "", &drain_tail(""))).await;
+    let mut ws = ws_client(proxy.addr).await;
+    ws.send(Message::Text("hello".into())).await.expect("send");
+    let echoed = timeout(PROMPT, ws.next()).await.expect("echo in time").expect("a message").expect("ok");
+    assert_eq!(echoed, Message::Text("hello".into()));
+    ws.close(None).await.expect("close");
+    while timeout(PROMPT, ws.next()).await.expect("closed in time").is_some() {}
+    drop(ws);
+
+    let is_end = |l: &serde_json::Value| crate::harness::message(l) == "tunnel ended";
+    let line = proxy.wait_for_log(is_end, PROMPT).await;
+    assert_eq!(line["target"], "lameduck::access", "{line}");
+    assert_eq!(line["http.path"], "/ws", "{line}");
+    assert_eq!(line["end"], "client_close", "{line}");
+    // "hello" as a masked client frame is 11 bytes, its echo 7; then the Close frames.
+    let bytes_in = field_f64(&line, "bytes.in").expect("bytes.in");
+    let bytes_out = field_f64(&line, "bytes.out").expect("bytes.out");
+    assert!(bytes_in >= 11.0 + 6.0 && bytes_out >= 7.0 + 2.0, "real byte counts: {line}");
+    assert!(field_f64(&line, "duration_ms").is_some_and(|d| d > 0.0), "{line}");
+    let upgraded = |l: &serde_json::Value| {
+        crate::harness::is_access_line(l) && l["http.status"] == 101 && l["http.path"] == "/ws"
+    };
+    proxy.wait_for_log(upgraded, PROMPT).await;
+}
