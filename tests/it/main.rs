@@ -9,6 +9,7 @@ mod drain;
 mod harness;
 mod hold;
 mod kubernetes;
+mod logs;
 mod pause;
 mod proxy;
 mod reload;
