@@ -29,9 +29,10 @@ struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log level or filter, e.g. `info`, `debug`, or `info,lameduck::access=off`.
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    /// Log level or filter, e.g. `info`, `debug`, or `info,lameduck::access=off` [default:
+    /// $RUST_LOG, else info]
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 /// Helpers for containers; running the proxy needs no subcommand.
@@ -103,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("lameduck: {e}");
         return ExitCode::from(1);
     }

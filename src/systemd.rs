@@ -178,9 +178,9 @@ impl Notifier {
         self.send(&[NotifyState::MainPid(pid), NotifyState::Ready, NotifyState::Status(status)]);
     }
 
-    /// `STOPPING=1`.
-    pub fn stopping(self) {
-        self.send(&[NotifyState::Stopping]);
+    /// `STOPPING=1` with a status line.
+    pub fn stopping(self, status: &str) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
     /// `RELOADING=1` with `MONOTONIC_USEC=`, as systemd wants for a reload.

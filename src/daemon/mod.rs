@@ -126,7 +126,7 @@ async fn serve(config: Config, mut inherited: Inherited) -> Result<Outcome, Star
         notifier.ready(&status);
     }
     inherited.report_to_predecessor("ready\n");
-    status::spawn_serving_reporters(running.drain.watch(), notifier);
+    status::spawn_serving_reporters(running.drain.watch(), &running.serving_line);
 
     let trigger = serve_until_trigger(&mut running, &mut signals).await;
     Ok(shutdown::drain_and_exit(running, &mut signals, trigger).await)
@@ -214,6 +214,7 @@ async fn start(
         admin_fd,
         admin_token,
         notifier,
+        serving_line: status::ServingLine::new(notifier),
     })
 }
 

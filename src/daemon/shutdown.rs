@@ -1,7 +1,8 @@
 //! The drain, from the trigger to the exit status, as named steps:
 //!
-//! 1. [`announce`]: log the trigger, tell systemd `STOPPING=1` (not after a handover: the
-//!    successor is systemd's main process now), and note the signal in the stats;
+//! 1. [`announce`]: log the trigger, end the `serving` status line and tell systemd
+//!    `STOPPING=1` with the drain's status (not after a handover: the successor is systemd's
+//!    main process now), and note the signal in the stats;
 //! 2. [`serve_grace`]: keep serving for `[drain] grace` while `/readyz` says 503;
 //! 3. [`close_listeners`]: stop the accept loops, which take their backlog first where a
 //!    drain should answer it;
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::signals::Signals;
-use super::status;
+use super::status::{self, ServingLine};
 use crate::backend::Backends;
 use crate::config::{Config, DrainConfig};
 use crate::drain::{Drain, Phase};
@@ -99,6 +100,8 @@ pub(super) struct Running {
     /// The admin token, swapped by a reload.
     pub(super) admin_token: Arc<ArcSwap<Option<String>>>,
     pub(super) notifier: Notifier,
+    /// Ended (with `STOPPING=1`) when the drain is announced.
+    pub(super) serving_line: ServingLine,
 }
 
 impl Running {
@@ -122,7 +125,7 @@ struct Plan {
 
 /// Runs the drain after `trigger` and returns how it ended.
 pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trigger: Trigger) -> Outcome {
-    let Running { config, drain, stats, tunnels, upstreams, backends, listeners, notifier, .. } = running;
+    let Running { config, drain, stats, tunnels, upstreams, backends, listeners, serving_line, .. } = running;
     let upstreams = upstreams.load_full();
     let started = Instant::now();
     let deadline = started + config.drain.deadline;
@@ -130,7 +133,7 @@ pub(super) async fn drain_and_exit(running: Running, signals: &mut Signals, trig
     let unix_ms = deadline_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     stats.set_deadline(unix_ms);
     let backend_died = matches!(trigger, Trigger::BackendDied(_));
-    let plan = announce(trigger, &config.drain, notifier, &stats);
+    let plan = announce(trigger, &config.drain, &serving_line, &drain, &stats);
     let outcome = match serve_grace(&drain, plan.grace, signals).await {
         Err(cut) => cut,
         Ok(()) => {
@@ -178,24 +181,35 @@ async fn stop_backends(backends: &Backends, signals: &mut Signals, kill_now: boo
     endings.join("; ")
 }
 
-/// Step 1: says why the drain starts, and to whom it matters.
-fn announce(trigger: Trigger, config: &DrainConfig, notifier: Notifier, stats: &Stats) -> Plan {
+/// Step 1: says why the drain starts, and to whom it matters. systemd hears `STOPPING=1`
+/// with the first status line of the drain, and no `serving` line after it.
+fn announce(
+    trigger: Trigger,
+    config: &DrainConfig,
+    serving: &ServingLine,
+    drain: &Drain,
+    stats: &Stats,
+) -> Plan {
     stats.mark_signal();
     let deadline_secs = config.deadline.as_secs_f64();
+    let notifier = serving.notifier();
+    let stopping =
+        |grace| serving.end(Some(&status::stopping_status(&drain.snapshot(), grace, config.deadline)));
     match trigger {
         Trigger::Signal(signal) => {
             info!(signal, grace_secs = config.grace.as_secs_f64(), deadline_secs, "drain started");
-            notifier.stopping();
+            stopping(config.grace);
             Plan { grace: config.grace, stop: Stop::TakeBacklogAndClose, handed_over: false, notifier }
         }
         Trigger::BackendDied(upstream) => {
             warn!(upstream.name = %upstream, deadline_secs, "drain started: the backend died and restart = \"never\"");
-            notifier.stopping();
+            stopping(Duration::ZERO);
             Plan { grace: Duration::ZERO, stop: Stop::TakeBacklogAndClose, handed_over: false, notifier }
         }
         Trigger::HandedOver(pid) => {
             info!(successor.pid = pid, deadline_secs, "handed over to the new process; draining");
             // The successor is systemd's main process now; status lines are its to send.
+            serving.end(None);
             let notifier = Notifier::disabled();
             Plan { grace: Duration::ZERO, stop: Stop::Close, handed_over: true, notifier }
         }

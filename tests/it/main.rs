@@ -10,6 +10,7 @@ mod harness;
 mod hold;
 mod metrics;
 mod kubernetes;
+mod logs;
 mod pause;
 mod proxy;
 mod reload;

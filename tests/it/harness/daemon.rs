@@ -11,8 +11,16 @@
 //! the binary under a wrapper program (`unshare`, to make it PID 1). The daemon never
 //! inherits the test's own systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`,
 //! `WATCHDOG_*`): a test that wants them sets them.
+//!
+//! [`Lameduck::spawn_logging`] is for the tests of logging itself: other logging arguments,
+//! and stderr on a pipe named by `JOURNAL_STREAM` (as systemd sets it) or on a terminal
+//! ([`StderrTo`]). [`Logs::raw_lines`] has every line exactly as written.
 
+use std::ffi::CStr;
+use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -20,7 +28,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStderr, Command};
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
@@ -55,29 +63,48 @@ pub fn field_f64(line: &Value, key: &str) -> Option<f64> {
 }
 
 /// Every stderr line of one daemon, parsed as JSON where it parses (else kept
-/// as a JSON string). The reader task pushes a line, then bumps `seen`; the
-/// sender drops at EOF, which ends every wait.
+/// as a JSON string). The reader task pushes a line (to `raw` first), then bumps
+/// `seen`; the sender drops at EOF, which ends every wait.
 #[derive(Clone)]
 pub struct Logs {
     lines: Arc<Mutex<Vec<Value>>>,
+    /// The same lines as written (a terminal's `\r` before the newline taken off).
+    raw: Arc<Mutex<Vec<String>>>,
     seen: watch::Receiver<usize>,
 }
 
 impl Logs {
     fn read(stderr: ChildStderr) -> Logs {
+        Logs::read_from(stderr, false)
+    }
+
+    /// Reads `stderr` to its end; with `strip_priority`, a line's `<N>` prefix is not part
+    /// of what is parsed.
+    fn read_from(stderr: impl AsyncRead + Unpin + Send + 'static, strip_priority: bool) -> Logs {
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
         let (tx, seen) = watch::channel(0);
-        let sink = lines.clone();
+        let (sink, raw_sink) = (lines.clone(), raw.clone());
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            while let Ok(Some(mut line)) = reader.next_line().await {
+                if line.ends_with('\r') {
+                    line.pop();
+                }
+                let text = if strip_priority { without_priority(&line) } else { &line };
+                let value = serde_json::from_str(text).unwrap_or_else(|_| Value::String(line.clone()));
+                raw_sink.lock().unwrap().push(line);
                 let mut sink = sink.lock().unwrap();
                 sink.push(value);
                 tx.send_replace(sink.len());
             }
         });
-        Logs { lines, seen }
+        Logs { lines, raw, seen }
+    }
+
+    /// Every line so far exactly as written: prefixes, colour escapes and all.
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.raw.lock().unwrap().clone()
     }
 
     pub fn lines(&self) -> Vec<Value> {
@@ -180,7 +207,109 @@ enum Launch<'a> {
     Under(&'a [&'a str]),
 }
 
+/// `line` without a leading sd-daemon priority prefix (`<4>…` → `…`).
+pub fn without_priority(line: &str) -> &str {
+    match line.as_bytes() {
+        [b'<', digit, b'>', ..] if digit.is_ascii_digit() => &line[3..],
+        _ => line,
+    }
+}
+
+/// Where a daemon started by [`Lameduck::spawn_logging`] writes its stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrTo {
+    /// A pipe, as every other test has it.
+    Pipe,
+    /// A pipe that `JOURNAL_STREAM` names by its `DEVICE:INODE`, as systemd sets it for a
+    /// service whose stderr is the journal. A line's `<N>` prefix is left out of what is
+    /// parsed ([`Logs::raw_lines`] keeps it).
+    JournalPipe,
+    /// A pipe, with `JOURNAL_STREAM` naming another stream (same device, another inode), as
+    /// a child of a service that writes elsewhere inherits it.
+    PipeNotJournal,
+    /// A pseudo-terminal.
+    Terminal,
+}
+
+/// How [`Lameduck::spawn_logging`] runs the daemon: `args` instead of
+/// `--log-format json --log-level debug`, and stderr to `stderr`.
+#[derive(Debug, Clone, Copy)]
+pub struct Logging<'a> {
+    pub args: &'a [&'a str],
+    pub stderr: StderrTo,
+}
+
+/// What every test but the logging ones runs with.
+const DEFAULT_LOGGING: Logging<'static> =
+    Logging { args: &["--log-format", "json", "--log-level", "debug"], stderr: StderrTo::Pipe };
+
+/// A stderr reader the harness made itself (a pipe's or a terminal's other end).
+type StderrReader = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Sets up `command`'s stderr for `to`; returns the reading end when it is not the child's
+/// own piped stderr.
+fn stderr_for(to: StderrTo, command: &mut Command) -> Option<StderrReader> {
+    let named = match to {
+        StderrTo::Pipe => {
+            command.stderr(Stdio::piped());
+            return None;
+        }
+        StderrTo::Terminal => {
+            let (master, slave) = pseudo_terminal();
+            command.stderr(Stdio::from(slave));
+            // Not a pipe, but read the same way: non-blocking, through the reactor. It reads
+            // EIO once no process has the slave side open (the daemon has exited).
+            let master = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(master.into());
+            return Some(Box::new(master.expect("read the terminal through the reactor")));
+        }
+        StderrTo::JournalPipe => 0,
+        StderrTo::PipeNotJournal => 1,
+    };
+    let (tx, rx) = tokio::net::unix::pipe::pipe().expect("pipe");
+    let tx = tx.into_blocking_fd().expect("pipe write end");
+    let meta = File::from(tx.try_clone().expect("dup")).metadata().expect("fstat the pipe");
+    command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino() + named));
+    command.stderr(Stdio::from(tx));
+    Some(Box::new(rx))
+}
+
+/// A pseudo-terminal: its master side (non-blocking) to read, its slave side to be a child's
+/// stderr.
+fn pseudo_terminal() -> (File, OwnedFd) {
+    // SAFETY: posix_openpt returns a new fd (or -1), owned from here on; fcntl, grantpt,
+    // unlockpt and ptsname_r work on that open fd, ptsname_r writing a NUL-terminated name
+    // into the buffer it is given with its length.
+    let (master, name) = unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master = OwnedFd::from_raw_fd(fd);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK), 0, "O_NONBLOCK");
+        assert_eq!(libc::grantpt(fd), 0, "grantpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::unlockpt(fd), 0, "unlockpt: {}", std::io::Error::last_os_error());
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()), 0, "ptsname_r");
+        (master, CStr::from_ptr(name.as_ptr()).to_str().expect("a UTF-8 pty name").to_owned())
+    };
+    let slave = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)
+        .unwrap_or_else(|e| panic!("open {name}: {e}"));
+    (File::from(master), slave.into())
+}
+
 fn spawn(path: &PathBuf, launch: Launch<'_>, configure: impl FnOnce(&mut Command)) -> Child {
+    spawn_logging(path, launch, DEFAULT_LOGGING, configure).0
+}
+
+fn spawn_logging(
+    path: &PathBuf,
+    launch: Launch<'_>,
+    logging: Logging<'_>,
+    configure: impl FnOnce(&mut Command),
+) -> (Child, Option<StderrReader>) {
     let mut command = match launch {
         Launch::Direct => Command::new(BIN),
         Launch::ListenPid => {
@@ -196,18 +325,14 @@ fn spawn(path: &PathBuf, launch: Launch<'_>, configure: impl FnOnce(&mut Command
         }
         Launch::Under([]) => unreachable!("a wrapper names its program"),
     };
-    command.arg("--config").arg(path).args(["--log-format", "json", "--log-level", "debug"]);
+    command.arg("--config").arg(path).args(logging.args);
     for var in SYSTEMD_VARS {
         command.env_remove(var);
     }
     configure(&mut command);
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn lameduck")
+    let reader = stderr_for(logging.stderr, &mut command);
+    let child = command.stdin(Stdio::null()).stdout(Stdio::null()).kill_on_drop(true).spawn();
+    (child.expect("spawn lameduck"), reader)
 }
 
 fn addr_field(line: &Value, key: &str) -> SocketAddr {
@@ -247,6 +372,27 @@ impl Starting {
         let logs = Logs::read(child.stderr.take().expect("piped stderr"));
         let dump = DumpOnPanic(Some(logs.clone()));
         Starting { logs, child, pid, dir, config: config.to_owned(), dump }
+    }
+
+    /// Like [`Starting::spawn`], logging as `logging` asks.
+    fn spawn_logging(config: &str, logging: Logging<'_>, configure: impl FnOnce(&mut Command)) -> Starting {
+        let (dir, path) = write_config(config);
+        let (mut child, reader) = spawn_logging(&path, Launch::Direct, logging, configure);
+        let pid = child.id().expect("child pid") as i32;
+        let logs = match reader {
+            Some(reader) => Logs::read_from(reader, logging.stderr == StderrTo::JournalPipe),
+            None => Logs::read(child.stderr.take().expect("piped stderr")),
+        };
+        let dump = DumpOnPanic(Some(logs.clone()));
+        Starting { logs, child, pid, dir, config: config.to_owned(), dump }
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) with our own child's pid; it cannot have been reaped and reused,
+        // because reaping happens only in `exit_within`.
+        let rc = unsafe { libc::kill(self.pid, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}): {}", self.pid, std::io::Error::last_os_error());
     }
 
     pub fn pid(&self) -> i32 {
@@ -309,6 +455,17 @@ impl Lameduck {
     /// Spawns the daemon (the command edited by `configure`) without waiting for `ready`.
     pub fn spawn(config: &str, configure: impl FnOnce(&mut Command)) -> Starting {
         Starting::spawn(config, Launch::Direct, configure)
+    }
+
+    /// Like [`Lameduck::spawn`], with the logging arguments and stderr of `logging` (see
+    /// [`StderrTo`]). [`Starting::ready`] needs JSON lines; a test of text lines waits for
+    /// its own.
+    pub fn spawn_logging(
+        config: &str,
+        logging: Logging<'_>,
+        configure: impl FnOnce(&mut Command),
+    ) -> Starting {
+        Starting::spawn_logging(config, logging, configure)
     }
 
     /// Like [`Lameduck::spawn`], but the binary is exec'd by `/bin/sh` with

@@ -11,16 +11,31 @@ use super::peer::{wait_exited, Notified, NotifySocket, Successors};
 use super::{config_on, exits, free_addr, pid_field, reload, send_signal, RELOAD_WITHIN};
 use crate::harness::*;
 
+/// `"2 connections"` -> 2, `"1 connection"` -> 1: the noun in the singular for one, else in
+/// the plural (`None` when the number does not match the noun's form).
+fn parse_count(text: &str, noun: &str) -> Option<u64> {
+    let (n, word) = text.split_once(' ')?;
+    let n: u64 = n.parse().ok()?;
+    let expected = if n == 1 { noun.to_owned() } else { format!("{noun}s") };
+    (word == expected).then_some(n)
+}
+
 /// `"draining: 2 connections, 0 tunnels, 29.9s left"` -> (2, 0, 29.9).
 fn parse_draining(status: &str) -> Option<(u64, u64, f64)> {
     let rest = status.strip_prefix("draining: ")?;
     let mut parts = rest.split(", ");
-    let conns = parts.next()?.strip_suffix(" connections")?.parse().ok()?;
-    let tunnels = parts.next()?;
-    let tunnels =
-        tunnels.strip_suffix(" tunnels").or_else(|| tunnels.strip_suffix(" tunnel"))?.parse().ok()?;
+    let conns = parse_count(parts.next()?, "connection")?;
+    let tunnels = parse_count(parts.next()?, "tunnel")?;
     let left = parts.next()?.strip_suffix("s left")?.parse().ok()?;
     Some((conns, tunnels, left))
+}
+
+/// The serving status line for `n` open connections.
+fn serving_line(n: usize) -> String {
+    match n {
+        1 => "serving: 1 connection".to_owned(),
+        n => format!("serving: {n} connections"),
+    }
 }
 
 fn draining_status(m: &Notified) -> Option<(u64, u64, f64)> {
@@ -74,9 +89,8 @@ async fn notify_ready_after_the_port_accepts_status_current_stopping_and_drainin
     let mut proxy = starting.ready().await;
 
     // STATUS= follows the connection count (refreshed about once a second).
-    let serving =
-        |n: usize| move |m: &Notified| m.value("STATUS") == Some(&format!("serving: {n} connections"));
-    let (at_one, _) = notify.wait_for(ready_at + 1, "STATUS=serving: 1 connections", serving(1)).await;
+    let serving = |n: usize| move |m: &Notified| m.value("STATUS") == Some(&serving_line(n));
+    let (at_one, _) = notify.wait_for(ready_at + 1, "STATUS=serving: 1 connection", serving(1)).await;
     let second = H1Client::connect(proxy.addr).await;
     notify.wait_for(at_one + 1, "STATUS=serving: 2 connections", serving(2)).await;
 
@@ -109,7 +123,7 @@ async fn notify_ready_after_the_port_accepts_status_current_stopping_and_drainin
     assert!(answer.closes(), "in-flight HTTP/1.1 response during the drain closes: {answer:?}");
     drop(first);
     let one_left = |m: &Notified| draining_status(m).is_some_and(|(conns, _, _)| conns == 1);
-    notify.wait_for(progress, "STATUS=draining: 1 connections, …", one_left).await;
+    notify.wait_for(progress, "STATUS=draining: 1 connection, …", one_left).await;
     notify.wait_for(progress, "EXTEND_TIMEOUT_USEC= again as the drain progresses", extend).await;
 
     release_b.open();
@@ -161,11 +175,10 @@ async fn notify_watchdog_is_off_when_watchdog_pid_names_another_process() {
     let proxy = starting.ready().await;
     // The status reporter's first line comes at once, the next a second later: by then a
     // watchdog at 100 ms would have pinged about ten times.
-    let serving =
-        |n: usize| move |m: &Notified| m.value("STATUS") == Some(&format!("serving: {n} connections"));
+    let serving = |n: usize| move |m: &Notified| m.value("STATUS") == Some(&serving_line(n));
     let (first_status, _) = notify.wait_for(ready_at + 1, "the first status line", serving(0)).await;
     let _conn = RawConn::connect(proxy.addr).await;
-    notify.wait_for(first_status + 1, "STATUS=serving: 1 connections", serving(1)).await;
+    notify.wait_for(first_status + 1, "STATUS=serving: 1 connection", serving(1)).await;
     let pings = notify.messages().iter().filter(|m| m.has("WATCHDOG=1")).count();
     assert_eq!(pings, 0, "WATCHDOG_PID=1 is not lameduck:\n{}", notify.dump());
 }
@@ -216,4 +229,62 @@ async fn notify_reload_sends_reloading_then_mainpid_and_ready_from_the_new_proce
     }
     assert!(wait_exited(successor, PROMPT).await, "the new process is still running after its exit line");
     drop(successors);
+}
+
+#[tokio::test]
+async fn notify_status_never_says_serving_after_stopping_and_names_one_connection_in_the_singular() {
+    // A request held at the backend keeps the drain going; an idle connection closed right
+    // after STOPPING=1 changes the count while the serving reporter may have a tick due.
+    let (release, held) = gate();
+    let backend = Backend::start(move |_req| {
+        let held = held.clone();
+        async move {
+            held.wait().await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let notify = NotifySocket::bind();
+    let mut proxy = Lameduck::start_with(&config_for(backend.addr), |c| notify.pass_to(c)).await;
+    let (ready_at, _) = notify.wait_for(0, "READY=1", |m| m.has("READY=1")).await;
+    let status_is = |line: String| move |m: &Notified| m.value("STATUS") == Some(line.as_str());
+
+    let client = H1Client::connect(proxy.addr).await;
+    let (one_at, _) =
+        notify.wait_for(ready_at, "STATUS=serving: 1 connection", status_is(serving_line(1))).await;
+    let request = client.request("GET", "/", empty());
+    let in_flight = client.spawn_fetch(request, secs(20));
+    backend.arrived().await;
+    let idle = RawConn::connect(proxy.addr).await;
+    notify.wait_for(one_at, "STATUS=serving: 2 connections", status_is(serving_line(2))).await;
+
+    let before_term = notify.mark();
+    proxy.sigterm();
+    let (stopping_at, stopping) = notify.wait_for(before_term, "STOPPING=1", |m| m.has("STOPPING=1")).await;
+    assert_eq!(
+        stopping.value("STATUS"),
+        Some("draining: 2 connections, 0 tunnels, 30.0s left"),
+        "STOPPING=1 replaces the serving line at once: {stopping:?}"
+    );
+    drop(idle);
+    // The drain reporter sends its first line at once and the next a second later: by then
+    // any tick the serving reporter had due when the drain began (they too are a second
+    // apart) has come and gone.
+    let one_left = |m: &Notified| draining_status(m).is_some_and(|(conns, _, _)| conns == 1);
+    let (first, _) = notify.wait_for(stopping_at + 1, "STATUS=draining: 1 connection, …", one_left).await;
+    notify.wait_for(first + 1, "a second STATUS=draining: 1 connection, …", one_left).await;
+
+    release.open();
+    assert_eq!(in_flight.await.unwrap().expect("the held request completes").text(), "done");
+    assert_eq!(proxy.exit_within(PROMPT).await, 0);
+    let messages = notify.messages();
+    let after_stopping: Vec<&str> =
+        messages[stopping_at..].iter().filter_map(|m| m.value("STATUS")).collect();
+    assert!(
+        after_stopping.iter().all(|status| !status.starts_with("serving")),
+        "a serving line after STOPPING=1:\n{}",
+        notify.dump()
+    );
+    // Every one a draining line whose counts agree with their nouns in number.
+    assert!(after_stopping.iter().all(|status| parse_draining(status).is_some()), "{}", notify.dump());
 }
