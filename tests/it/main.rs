@@ -4,6 +4,7 @@
 
 mod backend;
 mod bad_input;
+mod cli;
 mod deploy;
 mod drain;
 mod harness;
