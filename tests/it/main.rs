@@ -12,6 +12,7 @@ mod hold;
 mod kubernetes;
 mod pause;
 mod proxy;
+mod readme;
 mod reload;
 mod systemd;
 mod tls;
