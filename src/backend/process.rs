@@ -75,6 +75,8 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = reaper.spawn(&mut command)?;
     let pid = child.id();
+    // Logged here, before its output is forwarded, so that its first line never comes first.
+    info!(upstream.name = %upstream, pid, command = ?config.command, "backend started");
     if let Some(out) = child.stdout.take() {
         forward_lines(upstream, "stdout", OwnedFd::from(out));
     }
