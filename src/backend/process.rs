@@ -32,6 +32,9 @@ const NOT_INHERITED: [&str; 8] = [
 /// How often readiness is probed while a backend starts.
 const READY_PROBE: Duration = Duration::from_millis(50);
 
+/// How long, once the backend has ended, its last output lines may take to be logged.
+const OUTPUT_FLUSH: Duration = Duration::from_millis(500);
+
 /// A running backend process.
 #[derive(Debug)]
 pub struct Child {
@@ -41,6 +44,9 @@ pub struct Child {
     exited: oneshot::Receiver<ExitStatus>,
     /// How it ended, once [`Child::exit`] has seen it (`Some(None)`: the reaper is gone).
     ended: Option<Option<ExitStatus>>,
+    /// The tasks logging its stdout and stderr; each ends at its pipe's EOF. [`Child::exit`]
+    /// waits for them (bounded), so its last words are logged before its end is.
+    output: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Child {
@@ -51,6 +57,11 @@ impl Child {
         }
         let ended = (&mut self.exited).await.ok();
         self.ended = Some(ended);
+        // A child of the backend that outlives it may hold the pipes open: bounded.
+        let flushed_by = Instant::now() + OUTPUT_FLUSH;
+        for task in std::mem::take(&mut self.output) {
+            let _ = tokio::time::timeout_at(flushed_by, task).await;
+        }
         ended
     }
 }
@@ -77,30 +88,36 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     let pid = child.id();
     // Logged here, before its output is forwarded, so that its first line never comes first.
     info!(upstream.name = %upstream, pid, command = ?config.command, "backend started");
+    let mut output = Vec::new();
     if let Some(out) = child.stdout.take() {
-        forward_lines(upstream, "stdout", OwnedFd::from(out));
+        output.extend(forward_lines(upstream, "stdout", OwnedFd::from(out)));
     }
     if let Some(err) = child.stderr.take() {
-        forward_lines(upstream, "stderr", OwnedFd::from(err));
+        output.extend(forward_lines(upstream, "stderr", OwnedFd::from(err)));
     }
     // Dropping a std Child neither waits nor kills: the reaper has its status.
     drop(child);
-    Ok(Child { pid, exited: reaper.exit_of(pid), ended: None })
+    Ok(Child { pid, exited: reaper.exit_of(pid), ended: None, output })
 }
 
-/// Logs each line the backend writes to `fd` as a `backend output` event.
-fn forward_lines(upstream: &str, stream: &'static str, fd: OwnedFd) {
+/// Logs each line the backend writes to `fd` as a `backend output` event, on a task that
+/// ends at EOF.
+fn forward_lines(upstream: &str, stream: &'static str, fd: OwnedFd) -> Option<tokio::task::JoinHandle<()>> {
     let receiver = match pipe::Receiver::from_owned_fd(fd) {
         Ok(receiver) => receiver,
-        Err(e) => return warn!(upstream.name = upstream, stream, error = %e, "backend output lost"),
+        Err(e) => {
+            warn!(upstream.name = upstream, stream, error = %e, "backend output lost");
+            return None;
+        }
     };
     let upstream = upstream.to_owned();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut lines = BufReader::new(receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             info!(upstream.name = %upstream, stream, line = %line, "backend output");
         }
     });
+    Some(task)
 }
 
 /// Sends `signal` to the backend's process group (its children too, as systemd's default
