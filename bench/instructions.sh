@@ -3,6 +3,7 @@
 #
 #   bench/instructions.sh target/release/lameduck /tmp/lameduck-old
 #   RUNS=3 SECONDS_PER_RUN=10 BENCHES="B1 B3" bench/instructions.sh BINARY...
+#   LOG_LEVEL=info bench/instructions.sh BINARY     # with the access log on (default: warn, off)
 #
 # CPU time on a small shared machine moves ±10 % between runs; instruction counts do not, so
 # this is how two builds are compared exactly (bench/run.sh gives the CPU time against the
@@ -58,7 +59,7 @@ measure() {
     mkdir -p "$out"
     taskset -c 0 valgrind --tool=callgrind --instr-atstart=no --dump-instr=no \
         --callgrind-out-file="$out/callgrind.out.%p" \
-        "$bin" --config "$WORK/lameduck.toml" --log-level warn > "$out/lameduck.log" 2>&1 &
+        "$bin" --config "$WORK/lameduck.toml" --log-level "${LOG_LEVEL:-warn}" > "$out/lameduck.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     for _ in $(seq 300); do

@@ -67,14 +67,18 @@ type AdminResponse = Response<Full<Bytes>>;
 /// # Errors
 /// A message naming the file when it cannot be read or holds no token.
 pub fn read_token(config: &AdminConfig) -> Result<Option<String>, String> {
-    let Some(path) = &config.token_file else { return Ok(None) };
+    config.token_file.as_deref().map(read_token_file).transpose()
+}
+
+/// The bearer token in the file at `path`, trimmed; an unreadable or empty file is an error.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read [admin] token_file {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("[admin] token_file {} is empty: put the bearer token in it", path.display()));
     }
-    Ok(Some(token.to_owned()))
+    Ok(token.to_owned())
 }
 
 /// Serves admin requests on `listener` until the process exits.

@@ -1,59 +1,64 @@
 //! `lameduck --check`: everything start-up would read and verify, without binding or
-//! starting anything — the configuration's syntax and meaning, then every certificate, key,
-//! CA and token file it names.
+//! starting anything — the configuration's syntax and meaning, and every certificate, key,
+//! CA and token file it names, in one pass: each problem, of the config or of a file, is one
+//! `error:` diagnostic at the file:line:col of the value at fault, with the resolved path
+//! that was tried.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::admin::read_token;
-use crate::config::{Config, ConfigError};
-use crate::tls::TlsMaterial;
+use crate::admin::read_token_file;
+use crate::config::{line_col, Checked, ConfigError, Diagnostic, FileKind, FileRef};
+use crate::tls::{self, Culprit};
 
-/// Why a configuration would not start.
-#[derive(Debug)]
-pub enum CheckError {
-    /// The file is unreadable, or not valid `proxy.toml` (every problem, with file:line:col).
-    Config(ConfigError),
-    /// Certificates, keys, CA files or the admin token file cannot be used; one line per
-    /// problem.
-    Files {
-        /// The configuration file, which each line names first.
-        path: PathBuf,
-        /// What is wrong, one entry per file.
-        problems: Vec<String>,
-    },
+/// Checks the configuration at `path` as start-up would. On success, the warnings to show
+/// (an expired certificate, say), each line `path[:line:col]: warning: …`; on failure, every
+/// error.
+pub fn check(path: &Path) -> Result<Vec<String>, ConfigError> {
+    let Checked { text, config, files } = Checked::load(path)?;
+    let mut errors = config.as_ref().err().cloned().unwrap_or_default();
+    let mut warnings = Vec::new();
+    for file in &files {
+        check_file(file, &mut errors, &mut warnings);
+    }
+    if let Ok(config) = &config {
+        errors.extend(tls::check_server_names(config).into_iter().map(Diagnostic::whole));
+        warnings.extend(config.warnings().into_iter().map(Diagnostic::whole));
+    }
+    if !errors.is_empty() {
+        errors.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+        return Err(ConfigError::new(path, &text, errors));
+    }
+    Ok(warnings.iter().map(|w| warning_line(path, &text, w)).collect())
 }
 
-impl fmt::Display for CheckError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CheckError::Config(e) => e.fmt(f),
-            CheckError::Files { path, problems } => {
-                let lines: Vec<String> =
-                    problems.iter().map(|p| format!("{}: {p}", path.display())).collect();
-                f.write_str(&lines.join("\n"))
+/// Reads `file` as start-up will; a problem becomes an error at the value naming the file.
+fn check_file(file: &FileRef, errors: &mut Vec<Diagnostic>, warnings: &mut Vec<Diagnostic>) {
+    match &file.kind {
+        FileKind::CertKey { key_span, files } => match tls::check_cert_key(files) {
+            Ok(found) => warnings.extend(found.into_iter().map(|w| Diagnostic::at(file.span.clone(), w))),
+            Err((Culprit::Cert, e)) => errors.push(Diagnostic::at(file.span.clone(), e)),
+            Err((Culprit::Key, e)) => errors.push(Diagnostic::at(key_span.clone(), e)),
+        },
+        FileKind::Ca => {
+            if let Err(e) = tls::client_config(Some(&file.path)) {
+                errors.push(Diagnostic::at(file.span.clone(), e.replacen("certificate file", "ca file", 1)));
+            }
+        }
+        FileKind::Token => {
+            if let Err(e) = read_token_file(&file.path) {
+                errors.push(Diagnostic::at(file.span.clone(), e));
             }
         }
     }
 }
 
-impl std::error::Error for CheckError {}
-
-/// Checks the configuration at `path` as start-up would. On success, the warnings to show
-/// (an expired certificate, say), each line prefixed with the file; on failure, every error.
-pub fn check(path: &Path) -> Result<Vec<String>, CheckError> {
-    let config = Config::load(path).map_err(CheckError::Config)?;
-    let material = TlsMaterial::load(&config);
-    let token = config.admin.as_ref().map(read_token).transpose();
-    match (material, token) {
-        (Ok(material), Ok(_)) => {
-            let warnings = material.warnings.into_iter().chain(config.warnings());
-            Ok(warnings.map(|w| format!("{}: warning: {w}", path.display())).collect())
+/// `path:line:col: warning: …` (or `path: warning: …` for the file as a whole).
+fn warning_line(path: &Path, text: &str, warning: &Diagnostic) -> String {
+    match &warning.span {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("{}:{line}:{col}: warning: {}", path.display(), warning.message)
         }
-        (material, token) => {
-            let mut problems = material.err().unwrap_or_default();
-            problems.extend(token.err());
-            Err(CheckError::Files { path: path.to_owned(), problems })
-        }
+        None => format!("{}: warning: {}", path.display(), warning.message),
     }
 }

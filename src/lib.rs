@@ -9,6 +9,8 @@
 //! Arrows point one way only: a room never imports a room that imports it.
 //! - [`config`]: `proxy.toml`, validated, with errors that point at file:line:col; it imports
 //!   no other room.
+//! - [`cli`]: the command line's clap definitions, `--help`'s reference (signals, exit
+//!   statuses, files, admin endpoints), the man page and shell completions generated from them.
 //! - [`check`]: `--check`, the config and every TLS file it names, binding nothing.
 //! - [`daemon`]: the lifecycle — listeners, signals, phases, the in-place reload, the drain's
 //!   named steps, the exit decision, and what systemd is told when.
@@ -60,6 +62,7 @@ pub mod admin;
 #[allow(unsafe_code)]
 pub mod backend;
 pub mod check;
+pub mod cli;
 pub mod config;
 #[cfg(test)]
 mod cuts;
@@ -83,5 +86,6 @@ pub mod upstream;
 pub mod websocket;
 
 pub use check::check;
+pub use cli::{GIT_COMMIT, MAN_PAGE, VERSION_LONG};
 pub use config::Config;
 pub use daemon::{run, Outcome, StartupError};

@@ -334,7 +334,8 @@ impl Acceptor {
 }
 
 /// Completes the TLS handshake, bounded by its timeout and abandoned when draining starts.
-/// A failed handshake concerns only this client: it is logged at debug and counted.
+/// A failed handshake concerns only this client: it is logged at debug and counted. A client
+/// that speaks plain HTTP instead gets `400` "this port expects TLS".
 async fn handshake(
     tls: &ListenerTls,
     stream: TcpStream,
@@ -342,7 +343,13 @@ async fn handshake(
     drain: &mut DrainWatch,
     stats: &Stats,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+    let handshake = tokio::time::timeout(tls.handshake_timeout, async {
+        if speaks_plain_http(&stream).await? {
+            answer_plain_http(stream).await;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "plain HTTP on a TLS port: answered 400"));
+        }
+        tls.acceptor.accept(stream).await
+    });
     let stream = tokio::select! {
         done = handshake => match done {
             Ok(Ok(stream)) => Some(stream),
@@ -364,6 +371,34 @@ async fn handshake(
         }
     };
     stream
+}
+
+/// Whether the client's first byte starts an HTTP/1 request line (an upper-case method letter)
+/// rather than a TLS record (0x16, a handshake); waits for that byte without consuming it.
+async fn speaks_plain_http(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    Ok(n == 1 && first[0].is_ascii_uppercase())
+}
+
+/// The answer nginx and Go give plain HTTP on a TLS port: `400` with a one-line body, then
+/// close. The request is read and discarded for up to a second after the answer, so the close
+/// does not reset the connection (and destroy the answer) while request bytes are unread.
+async fn answer_plain_http(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "this port expects TLS\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut discard = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// EMFILE or ENFILE: the process or the system has no file descriptor left.

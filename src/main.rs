@@ -3,69 +3,17 @@
 //! (0 drained, 1 start-up, config or command-line error, 2 the deadline or a second signal cut
 //! connections). The helper subcommands (`probe`, `wait-drained`) live in [`lameduck::probe`].
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use lameduck::logging::{self, LogFormat};
+use clap::Parser;
+use lameduck::cli::{self, Cli, Command, Generate};
+use lameduck::logging;
 use lameduck::probe;
 use lameduck::systemd::Inherited;
 use lameduck::Config;
-
-/// A reverse proxy that gives backends without graceful shutdown a proper lame-duck mode.
-#[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// The configuration file.
-    #[arg(long, env = "LAMEDUCK_CONFIG", default_value = "proxy.toml")]
-    config: PathBuf,
-    /// Validate the configuration, print `ok` or every error, and exit (0 or 1). Binds nothing.
-    #[arg(short = 't', long)]
-    check: bool,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log level or filter, e.g. `info`, `debug`, or `info,lameduck::access=off` [default:
-    /// $RUST_LOG, else info]
-    #[arg(long)]
-    log_level: Option<String>,
-}
-
-/// Helpers for containers; running the proxy needs no subcommand.
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// GET an http:// URL: exit 0 on a 2xx answer, else 1 saying why (a health check without
-    /// curl)
-    ///
-    /// One HTTP/1.1 GET; one line on stdout (0) or stderr (1). For a container HEALTHCHECK or
-    /// a Kubernetes exec probe: `lameduck probe http://127.0.0.1:9901/healthz`.
-    Probe {
-        /// `http://host[:port]/path`.
-        url: String,
-        /// Give up (exit 1) after this long, connect and answer included.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
-    /// Wait until lameduck has drained and exited (its admin address refuses connections)
-    ///
-    /// Tries the admin address every 100 ms; exits 0 once connections are refused, or 1 at the
-    /// timeout. lameduck keeps its admin listener open until it exits, so a refused connect
-    /// means its drain is over; nothing listening at all also returns at once. For a
-    /// Kubernetes preStop hook on the legacy app's container, so that the app gets SIGTERM
-    /// only after lameduck has drained.
-    WaitDrained {
-        /// lameduck's `[admin] addr`.
-        #[arg(long, default_value = "127.0.0.1:9901")]
-        admin: SocketAddr,
-        /// Give up (exit 1) after this long.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
-}
 
 /// mimalloc: measurably cheaper than the system allocator for hyper's many small
 /// per-request allocations (see bench/RESULTS.md).
@@ -94,7 +42,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        return check(&cli.config);
+        return check(&cli.config, cli.log_level.as_deref());
     }
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -117,8 +65,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// `probe` and `wait-drained`: one line on stdout and 0, or one line on stderr and 1.
+/// `probe` and `wait-drained`: one line on stdout and 0, or one line on stderr and 1;
+/// `generate`: the man page or a completion script on stdout.
 fn helper(command: Command) -> ExitCode {
+    if let Command::Generate { what } = command {
+        return generate(what);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -140,6 +92,7 @@ fn helper(command: Command) -> ExitCode {
                 )
             })
             .map_err(|e| e.to_string()),
+        Command::Generate { .. } => unreachable!("handled above"),
     };
     match outcome {
         Ok(line) => {
@@ -153,8 +106,32 @@ fn helper(command: Command) -> ExitCode {
     }
 }
 
-/// `--check`: `ok` on stdout (warnings on stderr) and 0, or every error on stderr and 1.
-fn check(path: &Path) -> ExitCode {
+/// `generate man | completions SHELL`.
+fn generate(what: Generate) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let written = match what {
+        Generate::Man => cli::write_man_page(&mut out),
+        Generate::Completions { shell } => {
+            cli::write_completions(shell, &mut out);
+            Ok(())
+        }
+    };
+    match written.and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `--check`: `ok` on stdout (warnings on stderr) and 0, or every error on stderr and 1. The
+/// log level (or `RUST_LOG`) is checked too: `ExecStart=` will use the same command line.
+fn check(path: &Path, log_level: Option<&str>) -> ExitCode {
+    if let Err(e) = logging::filter(log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(1);
+    }
     match lameduck::check(path) {
         Ok(warnings) => {
             for warning in warnings {

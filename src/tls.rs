@@ -78,14 +78,8 @@ impl TlsMaterial {
             let loaded = upstream.tls.then(|| client_config(upstream.ca.as_deref()));
             let whose = || format!("upstream \"{}\"", upstream.name);
             material.upstreams.push(keep_or_note(loaded, whose, &mut problems));
-            if upstream.tls {
-                for addr in &upstream.addrs {
-                    if let Err(e) = server_name(upstream, addr) {
-                        problems.push(format!("upstream \"{}\": {e}", upstream.name));
-                    }
-                }
-            }
         }
+        problems.extend(check_server_names(config));
         if problems.is_empty() {
             Ok(material)
         } else {
@@ -131,6 +125,40 @@ fn listener_tls(files: &TlsFiles, warnings: &mut Vec<String>) -> Result<Listener
         acceptor: TlsAcceptor::from(Arc::new(config)),
         handshake_timeout: files.handshake_timeout,
     })
+}
+
+/// Which file of a certificate and key pair a problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Culprit {
+    /// The certificate chain.
+    Cert,
+    /// The private key (unreadable, unusable, or not the certificate's).
+    Key,
+}
+
+/// `--check` of one certificate and key pair, as start-up loads it: the warnings (an expired
+/// certificate), or what is wrong and with which file.
+pub fn check_cert_key(files: &CertKeyFiles) -> Result<Vec<String>, (Culprit, String)> {
+    let mut warnings = Vec::new();
+    match load_certified_key(files, &provider(), &mut warnings) {
+        Ok(_) => Ok(warnings),
+        // The messages name their file first ("key file …", "certificate file …").
+        Err(e) if e.starts_with("key file") => Err((Culprit::Key, e)),
+        Err(e) => Err((Culprit::Cert, e)),
+    }
+}
+
+/// Server-name problems of https upstreams (a `server_name` or host that is no valid name).
+pub fn check_server_names(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    for upstream in config.upstreams.iter().filter(|u| u.tls) {
+        for addr in &upstream.addrs {
+            if let Err(e) = server_name(upstream, addr) {
+                problems.push(format!("upstream \"{}\": {e}", upstream.name));
+            }
+        }
+    }
+    problems
 }
 
 /// Reads a chain and its key, checks that they belong together, and notes their names.

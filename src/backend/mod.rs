@@ -293,7 +293,6 @@ impl Actor {
             .map_err(|e| format!("cannot start {:?}: {e}", self.config.command[0]))?;
         let pid = child.pid;
         self.set("starting", Some(pid));
-        info!(upstream.name = %self.name(), pid, command = ?self.config.command, "backend started");
         if let Err(why) = wait_ready(&self.addrs, self.config.ready_timeout, &mut child).await {
             // Still running but not accepting: it goes, with its group.
             signal_group(pid, libc::SIGKILL);

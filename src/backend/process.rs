@@ -29,11 +29,11 @@ const NOT_INHERITED: [&str; 8] = [
     "LAMEDUCK_READY_FD",
 ];
 
-/// How long an ended backend's last output lines may take to be logged.
-const OUTPUT_WAIT: Duration = Duration::from_millis(500);
-
 /// How often readiness is probed while a backend starts.
 const READY_PROBE: Duration = Duration::from_millis(50);
+
+/// How long, once the backend has ended, its last output lines may take to be logged.
+const OUTPUT_FLUSH: Duration = Duration::from_millis(500);
 
 /// A running backend process.
 #[derive(Debug)]
@@ -44,27 +44,24 @@ pub struct Child {
     exited: oneshot::Receiver<ExitStatus>,
     /// How it ended, once [`Child::exit`] has seen it (`Some(None)`: the reaper is gone).
     ended: Option<Option<ExitStatus>>,
-    /// The tasks forwarding its stdout and stderr; they end at the pipes' EOF.
+    /// The tasks logging its stdout and stderr; each ends at its pipe's EOF. [`Child::exit`]
+    /// waits for them (bounded), so its last words are logged before its end is.
     output: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Child {
-    /// Waits until the process has ended, and its last output lines are logged (for at most
-    /// [`OUTPUT_WAIT`]: a child it left behind may hold the pipes open); again and again, once
-    /// it has. Cancel-safe.
+    /// Waits until the process has ended; again and again, once it has. Cancel-safe.
     pub async fn exit(&mut self) -> Option<ExitStatus> {
         if let Some(ended) = self.ended {
             return ended;
         }
         let ended = (&mut self.exited).await.ok();
-        let output = std::mem::take(&mut self.output);
-        let _ = tokio::time::timeout(OUTPUT_WAIT, async {
-            for task in output {
-                let _ = task.await;
-            }
-        })
-        .await;
         self.ended = Some(ended);
+        // A child of the backend that outlives it may hold the pipes open: bounded.
+        let flushed_by = Instant::now() + OUTPUT_FLUSH;
+        for task in std::mem::take(&mut self.output) {
+            let _ = tokio::time::timeout_at(flushed_by, task).await;
+        }
         ended
     }
 }
@@ -89,6 +86,8 @@ pub fn spawn(upstream: &str, config: &ProcessConfig, reaper: &Reaper) -> io::Res
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = reaper.spawn(&mut command)?;
     let pid = child.id();
+    // Logged here, before its output is forwarded, so that its first line never comes first.
+    info!(upstream.name = %upstream, pid, command = ?config.command, "backend started");
     let mut output = Vec::new();
     if let Some(out) = child.stdout.take() {
         output.extend(forward_lines(upstream, "stdout", OwnedFd::from(out)));
@@ -112,12 +111,13 @@ fn forward_lines(upstream: &str, stream: &'static str, fd: OwnedFd) -> Option<to
         }
     };
     let upstream = upstream.to_owned();
-    Some(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut lines = BufReader::new(receiver).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             info!(upstream.name = %upstream, stream, line = %line, "backend output");
         }
-    }))
+    });
+    Some(task)
 }
 
 /// Sends `signal` to the backend's process group (its children too, as systemd's default

@@ -1,5 +1,6 @@
-//! Configuration errors that point into the file: `path:line:col: message`, then the source
-//! line and a caret under the offending value, the way toml's own syntax errors look.
+//! Configuration errors that point into the file: `path:line:col: error: message`, then the
+//! source line and a caret under the offending value, the way toml's own syntax errors look
+//! (and the way `--check` prints warnings, with `warning:`).
 
 use std::fmt;
 use std::ops::Range;
@@ -75,11 +76,11 @@ impl fmt::Display for ConfigError {
                 writeln!(f)?;
             }
             let Some(span) = &d.span else {
-                write!(f, "{path}: {}", d.message)?;
+                write!(f, "{path}: error: {}", d.message)?;
                 continue;
             };
             let (line, col) = line_col(&self.source, span.start);
-            writeln!(f, "{path}:{line}:{col}: {}", d.message)?;
+            writeln!(f, "{path}:{line}:{col}: error: {}", d.message)?;
             let text = self.source.lines().nth(line - 1).unwrap_or("");
             let width = self.source[span.clone()].lines().next().unwrap_or("").chars().count();
             let gutter = line.to_string().len();
@@ -111,7 +112,7 @@ mod tests {
         let err =
             ConfigError::new(Path::new("proxy.toml"), text, vec![Diagnostic::at(14..21, "no such upstream")]);
         let shown = err.to_string();
-        assert!(shown.starts_with("proxy.toml:2:9: no such upstream\n"), "{shown}");
+        assert!(shown.starts_with("proxy.toml:2:9: error: no such upstream\n"), "{shown}");
         assert!(shown.contains("2 | route = \"legcy\""), "{shown}");
         assert!(shown.ends_with("  |         ^^^^^^^"), "{shown:?}");
     }

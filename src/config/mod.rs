@@ -7,15 +7,17 @@
 //! have no side effects.
 
 mod diagnostic;
+mod hints;
 mod raw;
 mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use diagnostic::{ConfigError, Diagnostic};
+pub use diagnostic::{line_col, ConfigError, Diagnostic};
 pub use validate::parse_duration;
 
 /// The whole validated configuration.
@@ -281,6 +283,55 @@ impl Config {
             }
         }
         warnings
+    }
+}
+
+/// A file the configuration names (certificate, key, CA, token), resolved, with the span of
+/// the value that names it: `--check` reads each and points its errors there.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    /// Where the file is named (for a certificate and its key: the certificate).
+    pub span: Range<usize>,
+    /// What the file must hold.
+    pub kind: FileKind,
+    /// The path as resolved, which is what is tried.
+    pub path: PathBuf,
+}
+
+/// What a [`FileRef`] must hold.
+#[derive(Debug, Clone)]
+pub enum FileKind {
+    /// A listener's certificate chain, with its key (named at `key_span`).
+    CertKey {
+        /// Where the key file is named.
+        key_span: Range<usize>,
+        /// Both paths, resolved.
+        files: CertKeyFiles,
+    },
+    /// An upstream's CA certificates.
+    Ca,
+    /// The admin bearer token.
+    Token,
+}
+
+/// `--check`'s view of a configuration file: the text, the validated config or every
+/// problem, and every file it names (found even when other parts are invalid).
+#[derive(Debug)]
+pub struct Checked {
+    /// The file's text, for diagnostics.
+    pub text: String,
+    /// The configuration, or every problem of its syntax and meaning.
+    pub config: Result<Config, Vec<Diagnostic>>,
+    /// The files it names.
+    pub files: Vec<FileRef>,
+}
+
+impl Checked {
+    /// Reads and validates the file at `path`, keeping what `--check` needs to go on.
+    pub fn load(path: &Path) -> Result<Checked, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::unreadable(path, &e))?;
+        let (config, files) = validate::validate_with_files(path, &text);
+        Ok(Checked { text, config, files })
     }
 }
 

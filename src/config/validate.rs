@@ -1,34 +1,52 @@
 //! Semantic checks: from [`RawConfig`] to [`Config`], collecting every problem with its span.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
 
+use super::hints;
 use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawProcess, RawRoute, RawTls, RawUpstream};
 use super::{
-    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, Forwarding, HoldConfig,
-    Limits, ListenConfig, ProcessConfig, RestartPolicy, RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
+    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, FileKind, FileRef,
+    Forwarding, HoldConfig, Limits, ListenConfig, ProcessConfig, RestartPolicy, RouteConfig, TlsFiles,
+    UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
 pub(super) fn validate(path: &Path, text: &str) -> Result<Config, Vec<Diagnostic>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![syntax_error(&e)])?;
-    let mut v = Validator { path, diagnostics: Vec::new() };
+    validate_with_files(path, text).0
+}
+
+/// [`validate`], and every file the configuration names, with where it names it, whether or
+/// not the rest is valid (for `--check`, which reads them in the same pass).
+pub(super) fn validate_with_files(
+    path: &Path,
+    text: &str,
+) -> (Result<Config, Vec<Diagnostic>>, Vec<FileRef>) {
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => return (Err(vec![syntax_error(&e, text)]), Vec::new()),
+    };
+    let mut v = Validator { path, diagnostics: Vec::new(), files: Vec::new() };
     let config = v.config(raw);
+    let files = std::mem::take(&mut v.files);
     if v.diagnostics.is_empty() {
-        Ok(config)
+        (Ok(config), files)
     } else {
         v.diagnostics.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
-        Err(v.diagnostics)
+        (Err(v.diagnostics), files)
     }
 }
 
-fn syntax_error(err: &toml::de::Error) -> Diagnostic {
+fn syntax_error(err: &toml::de::Error, text: &str) -> Diagnostic {
     let message = err.message().trim_end().replace('\n', "; ");
     match err.span() {
-        Some(span) => Diagnostic::at(span, message),
+        Some(span) => {
+            let message = hints::rewrite(&message, text, &span).unwrap_or(message);
+            Diagnostic::at(span, message)
+        }
         None => Diagnostic::whole(message),
     }
 }
@@ -45,6 +63,8 @@ const MAX_HEADER_BYTES: i64 = 16 << 20;
 struct Validator<'a> {
     path: &'a Path,
     diagnostics: Vec<Diagnostic>,
+    /// Every certificate, key, CA and token file named, resolved, with its span.
+    files: Vec<FileRef>,
 }
 
 impl Validator<'_> {
@@ -68,8 +88,7 @@ impl Validator<'_> {
                     format!("admin address \"{addr}\" is also a [[listen]] address: give it its own port"),
                 );
             }
-            let token_file =
-                a.token_file.as_ref().map(|f| resolve_against(self.path, Path::new(f.get_ref())));
+            let token_file = a.token_file.as_ref().map(|f| self.file(f, FileKind::Token));
             Some(AdminConfig { addr, token_file })
         });
         let limits = self.limits(&raw.limits.unwrap_or_default());
@@ -161,11 +180,24 @@ impl Validator<'_> {
         Some(TlsFiles { certs, handshake_timeout })
     }
 
-    fn cert_key(&self, cert: &Spanned<String>, key: &Spanned<String>) -> CertKeyFiles {
-        CertKeyFiles {
+    fn cert_key(&mut self, cert: &Spanned<String>, key: &Spanned<String>) -> CertKeyFiles {
+        let files = CertKeyFiles {
             cert: resolve_against(self.path, Path::new(cert.get_ref())),
             key: resolve_against(self.path, Path::new(key.get_ref())),
-        }
+        };
+        self.files.push(FileRef {
+            span: cert.span(),
+            kind: FileKind::CertKey { key_span: key.span(), files: files.clone() },
+            path: files.cert.clone(),
+        });
+        files
+    }
+
+    /// The path `raw` names, resolved; remembered for `--check` as a `kind` file.
+    fn file(&mut self, raw: &Spanned<String>, kind: FileKind) -> PathBuf {
+        let path = resolve_against(self.path, Path::new(raw.get_ref()));
+        self.files.push(FileRef { span: raw.span(), kind, path: path.clone() });
+        path
     }
 
     fn upstream(&mut self, name: &str, raw: &Spanned<RawUpstream>) -> UpstreamConfig {
@@ -188,7 +220,7 @@ impl Validator<'_> {
             name: name.to_owned(),
             addrs,
             tls: upstream.tls,
-            ca: upstream.ca.as_ref().map(|ca| resolve_against(self.path, Path::new(ca.get_ref()))),
+            ca: upstream.ca.as_ref().filter(|_| upstream.tls).map(|ca| self.file(ca, FileKind::Ca)),
             server_name: upstream.server_name.as_ref().map(|s| s.get_ref().clone()),
             connect_timeout: self.positive_duration(
                 upstream.connect_timeout.as_ref(),

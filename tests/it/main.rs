@@ -4,6 +4,7 @@
 
 mod backend;
 mod bad_input;
+mod cli;
 mod deploy;
 mod drain;
 mod harness;
@@ -13,6 +14,7 @@ mod kubernetes;
 mod logs;
 mod pause;
 mod proxy;
+mod readme;
 mod reload;
 mod systemd;
 mod tls;

@@ -45,7 +45,9 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// A strict OpenMetrics parser (Python `prometheus_client`'s), from the venv `.ci/run` sets
 /// up; `None` where it is not installed (the check then runs in CI only).
 fn parser() -> Option<PathBuf> {
-    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-venv/bin/python");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"), PathBuf::from);
+    let python = target.join("ci-venv/bin/python");
     let ok = std::process::Command::new(&python)
         .args(["-c", "import prometheus_client.openmetrics.parser"])
         .output()

@@ -14,6 +14,7 @@ mod notify;
 // The notify socket and /proc helpers serve the supervised-backend tests (`backend.rs`) too.
 pub(crate) mod peer;
 mod reload;
+mod units;
 
 use std::net::SocketAddr;
 use std::time::Duration;

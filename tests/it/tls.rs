@@ -205,7 +205,7 @@ async fn sni_picks_the_certificate_for_the_name_and_the_first_by_default() {
 }
 
 #[tokio::test]
-async fn plain_text_and_stalled_handshakes_do_not_disturb_a_good_client() {
+async fn plain_http_gets_400_and_stalled_handshakes_are_closed_without_disturbing_a_good_client() {
     let pki = Pki::new();
     let leaf = pki.leaf("site", &["localhost"]);
     let backend = Backend::named("fine").await;
@@ -229,7 +229,11 @@ async fn plain_text_and_stalled_handshakes_do_not_disturb_a_good_client() {
 
     let mut buf = Vec::new();
     let _ = timeout(PROMPT, plain.read_to_end(&mut buf)).await.expect("plain text client is closed");
-    assert!(!String::from_utf8_lossy(&buf).contains("HTTP/1.1 200"), "never served over plain text");
+    let answer = String::from_utf8_lossy(&buf).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "plain HTTP on a TLS port: {answer:?}");
+    assert!(answer.ends_with("\r\n\r\nthis port expects TLS\n"), "{answer:?}");
+    assert!(answer.to_lowercase().contains("connection: close\r\n"), "{answer:?}");
+    buf.clear();
     let _ = timeout(PROMPT, stalled.read_to_end(&mut buf)).await.expect("stalled handshake is closed");
     let waited = stalled_since.elapsed();
     assert!(waited >= std::time::Duration::from_millis(900) && waited < secs(4), "{waited:?}");

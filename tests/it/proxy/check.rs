@@ -149,3 +149,57 @@ async fn check_rejects_a_close_spread_that_cannot_fit_the_deadline() {
     let unset = base_with(&[(11, "deadline = \"3s\"\nclose_timeout = \"5s\"")]);
     assert_eq!(Finished::check(&unset).await.stdout.trim(), "ok", "no close_spread, no rule");
 }
+
+#[tokio::test]
+async fn check_suggests_the_nearest_key_for_a_misspelt_one() {
+    let stderr = check_fails_at(&base_with(&[(11, "dedline = \"30s\"")]), 11, "dedline = \"30s\"").await;
+    assert!(stderr.contains("unknown field `dedline`; did you mean `deadline`?"), "{stderr}");
+    assert!(!stderr.contains("close_spread"), "lists every key instead of suggesting one:\n{stderr}");
+    // A top-level table name too.
+    let stderr = check_fails_at(&base_with(&[(10, "[drian]")]), 10, "[drian]").await;
+    assert!(stderr.contains("did you mean `drain`?"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_says_to_write_a_duration_with_its_unit() {
+    let stderr = check_fails_at(&base_with(&[(11, "deadline = 30")]), 11, "deadline = 30").await;
+    assert!(stderr.contains("write deadline = \"30s\""), "{stderr}");
+    let stderr = check_fails_at(&base_with(&[(11, "deadline = 1.5")]), 11, "deadline = 1.5").await;
+    assert!(stderr.contains("write deadline = \"1500ms\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_says_which_brackets_a_table_takes() {
+    let stderr = check_fails_at(&base_with(&[(1, "[listen]")]), 1, "[listen]").await;
+    assert!(stderr.contains("write [[listen]]"), "{stderr}");
+    let stderr = check_fails_at(&base_with(&[(10, "[[drain]]")]), 10, "[[drain]]").await;
+    assert!(stderr.contains("write [drain]"), "{stderr}");
+}
+
+#[tokio::test]
+async fn check_prefixes_every_error_with_error() {
+    let out = Finished::check(&base_with(&[(5, "addrs = []"), (8, "upstream = \"legcy\"")])).await;
+    let located: Vec<&str> =
+        out.stderr.lines().filter(|l| l.starts_with(&*out.path.to_string_lossy())).collect();
+    assert_eq!(located.len(), 2, "{}", out.stderr);
+    for line in located {
+        let (_, rest) =
+            line.split_once(": error: ").unwrap_or_else(|| panic!("no \": error: \" in {line:?}"));
+        assert!(!rest.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn check_reports_missing_tls_files_at_their_keys_with_the_resolved_path_in_the_same_pass() {
+    let listen = "addr = \"127.0.0.1:0\"\ntls = { cert = \"site.pem\", key = \"site.key\" }";
+    let config = base_with(&[(2, listen), (8, "upstream = \"legcy\"")]);
+    let out = Finished::check(&config).await;
+    assert_eq!(out.status, 1, "{}", out.stderr);
+    let dir = out.path.parent().expect("the config's directory");
+    let cert = dir.join("site.pem");
+    // Line 3 of the written file: base line 2 became two lines.
+    let location =
+        format!("{}:3:16: error: certificate file \"{}\": no such file", out.path.display(), cert.display());
+    assert!(out.stderr.contains(&location), "no {location:?} in:\n{}", out.stderr);
+    assert_error_at(&out, 9, "upstream = \"legcy\"");
+}
