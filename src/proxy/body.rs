@@ -79,9 +79,10 @@ impl AccessRecord {
                 id
             }
         };
-        let host = headers.get(http::header::HOST).cloned().or_else(|| {
-            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let host = headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         AccessRecord {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -102,7 +103,8 @@ impl AccessRecord {
 
     /// Logs the line for a response that ended with `bytes_out` body bytes sent.
     fn log(&self, bytes_out: u64, complete: bool) {
-        let text = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+        let text =
+            |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
         let millis = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(
             target: "lameduck::access",
