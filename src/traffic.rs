@@ -4,8 +4,9 @@
 //! The proxy and the upstream client write here on the request path, so every write is one
 //! relaxed atomic add (a histogram observation is one bucket increment and one sum add, no
 //! lock); `/metrics` reads it at scrape time. An upstream's figures live in the
-//! [`TrafficBook`] under its name, so a reload that rebuilds the upstream keeps counting on
-//! (Prometheus counters must never go back).
+//! [`TrafficBook`] under its name for the life of the process, so a reload that rebuilds the
+//! upstream keeps counting on (Prometheus counters must never go back); being never freed,
+//! they are handed out as `&'static`, which spares every request a reference count.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +118,11 @@ pub struct UpstreamTraffic {
 }
 
 impl UpstreamTraffic {
+    /// Figures of their own, never freed (one per upstream name a process ever has).
+    pub fn leaked(name: &str) -> &'static UpstreamTraffic {
+        Box::leak(Box::new(UpstreamTraffic::new(name.into())))
+    }
+
     fn new(name: Arc<str>) -> Self {
         let cells = METHODS.len() * PROTOCOLS.len() * CODES.len();
         UpstreamTraffic {
@@ -172,9 +178,21 @@ fn cell_index(method: usize, protocol: usize, status: u16) -> Option<usize> {
         .then(|| (method * PROTOCOLS.len() + protocol) * CODES.len() + usize::from(status - CODES.start()))
 }
 
-/// The `method` label's index for `method`.
+/// The `method` label's index for `method` (comparing the standard methods is comparing an
+/// enum tag, not a string).
 fn method_index(method: &Method) -> usize {
-    METHODS.iter().position(|m| *m == method.as_str()).unwrap_or(METHODS.len() - 1)
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::CONNECT,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PATCH,
+    ];
+    STANDARD.iter().position(|m| m == method).unwrap_or(METHODS.len() - 1)
 }
 
 fn protocol_index(version: Version) -> usize {
@@ -184,37 +202,37 @@ fn protocol_index(version: Version) -> usize {
 /// Every upstream's figures by name, kept for the life of the process.
 #[derive(Debug)]
 pub struct TrafficBook {
-    upstreams: Mutex<Vec<Arc<UpstreamTraffic>>>,
-    none: Arc<UpstreamTraffic>,
+    upstreams: Mutex<Vec<&'static UpstreamTraffic>>,
+    none: &'static UpstreamTraffic,
 }
 
 impl Default for TrafficBook {
     fn default() -> Self {
-        TrafficBook { upstreams: Mutex::default(), none: Arc::new(UpstreamTraffic::new("none".into())) }
+        TrafficBook { upstreams: Mutex::default(), none: UpstreamTraffic::leaked("none") }
     }
 }
 
 impl TrafficBook {
     /// The figures of the upstream called `name`, created at its first use.
-    pub fn upstream(&self, name: &str) -> Arc<UpstreamTraffic> {
+    pub fn upstream(&self, name: &str) -> &'static UpstreamTraffic {
         let mut upstreams = self.upstreams.lock().expect("never held across a panic");
         if let Some(found) = upstreams.iter().find(|t| &*t.name == name) {
-            return found.clone();
+            return found;
         }
-        let traffic = Arc::new(UpstreamTraffic::new(name.into()));
-        upstreams.push(traffic.clone());
+        let traffic = UpstreamTraffic::leaked(name);
+        upstreams.push(traffic);
         traffic
     }
 
     /// The figures of answers lameduck gave itself.
-    pub fn none(&self) -> Arc<UpstreamTraffic> {
-        self.none.clone()
+    pub fn none(&self) -> &'static UpstreamTraffic {
+        self.none
     }
 
     /// Every upstream's figures, then `none`'s.
-    pub fn all(&self) -> Vec<Arc<UpstreamTraffic>> {
+    pub fn all(&self) -> Vec<&'static UpstreamTraffic> {
         let mut all = self.upstreams.lock().expect("never held across a panic").clone();
-        all.push(self.none.clone());
+        all.push(self.none);
         all
     }
 }

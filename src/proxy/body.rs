@@ -137,7 +137,7 @@ const X_REQUEST_ID: &str = "x-request-id";
 #[derive(Debug)]
 pub struct Meter {
     /// Where it is counted.
-    pub traffic: Arc<UpstreamTraffic>,
+    pub traffic: &'static UpstreamTraffic,
     /// The request's method and HTTP version, as labels.
     pub method: Method,
     pub version: Version,
@@ -251,20 +251,17 @@ impl Body for ResponseBody {
     }
 }
 
-/// A request body on its way upstream, its bytes counted into the upstream's figures as
-/// they pass.
+/// A request body on its way upstream, its bytes counted for the request's access log line.
 #[derive(Debug)]
 pub struct CountedBody {
     inner: Incoming,
-    traffic: Arc<UpstreamTraffic>,
-    /// The request's own count, for its access log line (when the log is on).
-    logged: Option<Arc<AtomicU64>>,
+    logged: Arc<AtomicU64>,
 }
 
 impl CountedBody {
-    /// `inner`, counted into `traffic` (and into `logged`, if given).
-    pub fn new(inner: Incoming, traffic: Arc<UpstreamTraffic>, logged: Option<Arc<AtomicU64>>) -> Self {
-        CountedBody { inner, traffic, logged }
+    /// `inner`, counted into `logged`.
+    pub fn new(inner: Incoming, logged: Arc<AtomicU64>) -> Self {
+        CountedBody { inner, logged }
     }
 }
 
@@ -280,10 +277,7 @@ impl Body for CountedBody {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                this.traffic.request_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(logged) = &this.logged {
-                    logged.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
+                this.logged.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }
         polled

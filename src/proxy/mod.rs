@@ -95,7 +95,7 @@ pub struct Counting {
     /// Requests completed and refused (the drain's figures).
     pub stats: Arc<Stats>,
     /// Answers no upstream gave: 404, 400, a drain's 503.
-    pub none: Arc<UpstreamTraffic>,
+    pub none: &'static UpstreamTraffic,
 }
 
 /// What a request needs to know about the connection it came on.
@@ -177,7 +177,7 @@ async fn handle(
     };
 
     let (mut resp, upstream, traffic) = match outcome {
-        Ok((resp, upstream)) => (resp, Some(upstream.name.clone()), upstream.traffic.clone()),
+        Ok((resp, upstream)) => (resp, Some(upstream.name.clone()), upstream.traffic),
         Err(e) => {
             log_error(&e, conn.peer);
             if matches!(e, ProxyError::Held { why: HoldError::Released, .. }) {
@@ -185,7 +185,7 @@ async fn handle(
             }
             let upstream = e.upstream().cloned();
             let by_name = upstream.as_deref().and_then(|name| proxy.upstreams.by_name(name));
-            let traffic = by_name.map_or_else(|| proxy.counting.none.clone(), |u| u.traffic.clone());
+            let traffic = by_name.map_or(proxy.counting.none, |u| u.traffic);
             (error_response(&e, &proxy.retry_after), upstream, traffic)
         }
     };
@@ -265,8 +265,12 @@ async fn forward<'p>(
         }
     }
     rewrite_request(&mut req, conn, host, false, route.forwarding);
-    let req = req.map(|body| CountedBody::new(body, upstream.traffic.clone(), bytes_in));
-    let mut resp = upstream.send(req).await.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
+    let sent = match bytes_in {
+        // Only for the access log: the upstream counts its request bytes itself.
+        Some(bytes_in) => upstream.send(req.map(|body| CountedBody::new(body, bytes_in))).await,
+        None => upstream.send(req).await,
+    };
+    let mut resp = sent.map_err(|e| ProxyError::from_send(e, &upstream.name))?;
     upstream.traffic.response_headers.observe(started.elapsed());
     rewrite_response(&mut resp);
     Ok((resp.map(ResponseBody::upstream), upstream))

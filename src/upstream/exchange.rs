@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 
 use http::{Method, Request, Response, StatusCode};
@@ -48,11 +49,11 @@ struct Exchange<B> {
 }
 
 impl<B: RequestBody> Exchange<B> {
-    fn new(conn: Conn, req: Request<B>, upgrade: bool) -> Self {
+    fn new(conn: Conn, req: Request<B>, upgrade: bool, sent: &'static AtomicU64) -> Self {
         let (head, framing) = encode_head(&req);
         let (parts, body) = req.into_parts();
         let asked = Asked { head_method: parts.method == Method::HEAD, upgrade };
-        let upload = Upload::new(head, body, framing);
+        let upload = Upload::new(head, body, framing, sent);
         Exchange { conn, parts, upload, asked, write_error: None, head: None }
     }
 
@@ -138,7 +139,8 @@ impl<B: RequestBody> Exchange<B> {
 /// `upgrade`: the request asks to switch protocols, so a `101` is a good answer. A failure
 /// that may be retried elsewhere gives the request back as [`Exchanged::NotSent`].
 pub fn exchange<B: RequestBody>(conn: Conn, req: Request<B>, lease: Lease, upgrade: bool) -> Exchanging<B> {
-    Exchanging { exchange: Some(Exchange::new(conn, req, upgrade)), lease: Some(lease) }
+    let sent = &lease.traffic.request_bytes;
+    Exchanging { exchange: Some(Exchange::new(conn, req, upgrade, sent)), lease: Some(lease) }
 }
 
 /// The future of [`exchange`]: written by hand so that it holds the exchange once (an async

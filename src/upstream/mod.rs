@@ -114,7 +114,7 @@ pub struct Upstream {
     /// here sends those on too (to the addresses they were held for).
     predecessor: std::sync::Mutex<Option<Arc<Upstream>>>,
     /// Where its requests, durations, bytes and connect errors are counted.
-    pub traffic: Arc<UpstreamTraffic>,
+    pub traffic: &'static UpstreamTraffic,
 }
 
 /// The upstream's answer to an upgrade request.
@@ -164,7 +164,7 @@ impl Upstream {
     pub fn new(
         config: &UpstreamConfig,
         tls: Option<Arc<ClientConfig>>,
-        traffic: Arc<UpstreamTraffic>,
+        traffic: &'static UpstreamTraffic,
     ) -> Self {
         let target = |addr: &UpstreamAddr| {
             let tls = tls.as_ref().map(|client| UpstreamTls {
@@ -172,7 +172,7 @@ impl Upstream {
                 server_name: tls::server_name(config, addr)
                     .expect("server names are checked when TLS is loaded"),
             });
-            Arc::new(Target::new(addr.clone(), tls))
+            Arc::new(Target::new(addr.clone(), tls, traffic))
         };
         Upstream {
             name: config.name.as_str().into(),

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::conn::Conn;
 use crate::config::UpstreamAddr;
 use crate::tls::UpstreamTls;
+use crate::traffic::UpstreamTraffic;
 
 /// Idle connections kept per address; more are closed.
 const MAX_IDLE_PER_ADDR: usize = 256;
@@ -45,11 +46,17 @@ pub struct Target {
     restart: watch::Sender<()>,
     /// The last failed connect: why, and when.
     last_error: Mutex<Option<(String, SystemTime)>>,
+    /// Its upstream's figures (request bytes are counted as they are sent).
+    pub(super) traffic: &'static UpstreamTraffic,
 }
 
 impl Target {
-    /// An address with no idle connection yet.
-    pub(super) fn new(addr: UpstreamAddr, tls: Option<UpstreamTls>) -> Self {
+    /// An address with no idle connection yet, counting into `traffic`.
+    pub(super) fn new(
+        addr: UpstreamAddr,
+        tls: Option<UpstreamTls>,
+        traffic: &'static UpstreamTraffic,
+    ) -> Self {
         Target {
             addr,
             tls,
@@ -58,6 +65,7 @@ impl Target {
             paused: AtomicBool::new(false),
             restart: watch::Sender::new(()),
             last_error: Mutex::new(None),
+            traffic,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -37,16 +38,28 @@ pub struct Upload<B> {
     pub(super) failed: bool,
     /// Everything written has been flushed too (TLS keeps records until then).
     flushed: bool,
+    /// Body bytes taken from the client are counted here (the upstream's figures).
+    sent: &'static AtomicU64,
 }
 
 impl<B: RequestBody> Upload<B> {
-    /// A request whose encoded `head` goes first, then `body` framed as `framing` says.
-    pub fn new(head: Bytes, body: B, framing: RequestBodyFraming) -> Self {
+    /// A request whose encoded `head` goes first, then `body` framed as `framing` says; its
+    /// body bytes are counted into `sent`.
+    pub fn new(head: Bytes, body: B, framing: RequestBodyFraming, sent: &'static AtomicU64) -> Self {
         // A body over before it starts (`Content-Length: 0`) is not polled: nothing is taken
         // from the client, so the request can still be sent again.
         let done = framing == RequestBodyFraming::None
             || (framing == RequestBodyFraming::Length && body.is_end_stream());
-        Upload { body, framing, out: Outbox::new(head), done, touched: false, failed: false, flushed: false }
+        Upload {
+            body,
+            framing,
+            out: Outbox::new(head),
+            done,
+            touched: false,
+            failed: false,
+            flushed: false,
+            sent,
+        }
     }
 
     /// Writes as much of the request as can go now; ready once all of it is written.
@@ -80,6 +93,7 @@ impl<B: RequestBody> Upload<B> {
             Some(Ok(frame)) => {
                 // Trailers are not forwarded.
                 if let Ok(data) = frame.into_data() {
+                    self.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
                     if !data.is_empty() {
                         if self.framing == RequestBodyFraming::Chunked {
                             self.out.push(Bytes::from(format!("{:x}\r\n", data.len())));

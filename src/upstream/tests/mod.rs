@@ -55,7 +55,11 @@ async fn within<F: Future>(f: F) -> F::Output {
 
 /// An address to pool connections under; nothing connects to it.
 fn target() -> Arc<Target> {
-    Arc::new(Target::new(UpstreamAddr::Ip(([127, 0, 0, 1], 9).into()), None))
+    Arc::new(Target::new(
+        UpstreamAddr::Ip(([127, 0, 0, 1], 9).into()),
+        None,
+        crate::traffic::UpstreamTraffic::leaked("test"),
+    ))
 }
 
 /// A script's connection: the scripted bytes, and flushes that can be made to wait (the way
