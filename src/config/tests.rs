@@ -326,3 +326,16 @@ fn an_admin_address_beyond_loopback_without_a_token_is_warned_about() {
     let token_file = config.admin.and_then(|a| a.token_file).expect("set");
     assert_eq!(token_file, Path::new("/etc/lameduck/admin.token"), "relative to the config file");
 }
+
+#[test]
+fn a_cred_path_is_a_systemd_credential() {
+    use super::validate::credential_path;
+    let dir = Path::new("/run/credentials/lameduck.service");
+    assert_eq!(credential_path("cred:site.key", Some(dir)), Some(Ok(dir.join("site.key"))));
+    assert_eq!(credential_path("site.key", Some(dir)), None, "an ordinary path");
+    let unset = credential_path("cred:site.key", None).expect("a credential").unwrap_err();
+    assert!(unset.contains("CREDENTIALS_DIRECTORY") && unset.contains("LoadCredential=site.key:"), "{unset}");
+    for bad in ["cred:", "cred:../x", "cred:a/b"] {
+        assert!(credential_path(bad, Some(dir)).expect("a credential").is_err(), "{bad}");
+    }
+}

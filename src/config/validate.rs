@@ -29,7 +29,8 @@ pub(super) fn validate_with_files(
         Ok(raw) => raw,
         Err(e) => return (Err(vec![syntax_error(&e, text)]), Vec::new()),
     };
-    let mut v = Validator { path, diagnostics: Vec::new(), files: Vec::new() };
+    let credentials = std::env::var_os(CREDENTIALS_ENV).map(PathBuf::from);
+    let mut v = Validator { path, credentials, diagnostics: Vec::new(), files: Vec::new() };
     let config = v.config(raw);
     let files = std::mem::take(&mut v.files);
     if v.diagnostics.is_empty() {
@@ -62,6 +63,8 @@ const MAX_HEADER_BYTES: i64 = 16 << 20;
 
 struct Validator<'a> {
     path: &'a Path,
+    /// `$CREDENTIALS_DIRECTORY`: where systemd put the unit's `LoadCredential=` files.
+    credentials: Option<PathBuf>,
     diagnostics: Vec<Diagnostic>,
     /// Every certificate, key, CA and token file named, resolved, with its span.
     files: Vec<FileRef>,
@@ -181,10 +184,7 @@ impl Validator<'_> {
     }
 
     fn cert_key(&mut self, cert: &Spanned<String>, key: &Spanned<String>) -> CertKeyFiles {
-        let files = CertKeyFiles {
-            cert: resolve_against(self.path, Path::new(cert.get_ref())),
-            key: resolve_against(self.path, Path::new(key.get_ref())),
-        };
+        let files = CertKeyFiles { cert: self.resolve(cert), key: self.resolve(key) };
         self.files.push(FileRef {
             span: cert.span(),
             kind: FileKind::CertKey { key_span: key.span(), files: files.clone() },
@@ -193,9 +193,23 @@ impl Validator<'_> {
         files
     }
 
+    /// The path `raw` names: `cred:NAME` is the systemd credential NAME
+    /// (`$CREDENTIALS_DIRECTORY/NAME`, what `LoadCredential=` provides, readable by a
+    /// `DynamicUser=`); anything else resolves against the config file's directory.
+    fn resolve(&mut self, raw: &Spanned<String>) -> PathBuf {
+        match credential_path(raw.get_ref(), self.credentials.as_deref()) {
+            Some(Ok(path)) => path,
+            Some(Err(why)) => {
+                self.error(raw, why);
+                PathBuf::from(raw.get_ref())
+            }
+            None => resolve_against(self.path, Path::new(raw.get_ref())),
+        }
+    }
+
     /// The path `raw` names, resolved; remembered for `--check` as a `kind` file.
     fn file(&mut self, raw: &Spanned<String>, kind: FileKind) -> PathBuf {
-        let path = resolve_against(self.path, Path::new(raw.get_ref()));
+        let path = self.resolve(raw);
         self.files.push(FileRef { span: raw.span(), kind, path: path.clone() });
         path
     }
@@ -552,6 +566,26 @@ fn signal_number(text: &str) -> Result<i32, String> {
         .find(|(known, _)| known[3..].eq_ignore_ascii_case(name))
         .map(|(_, number)| *number)
         .ok_or_else(|| STOP_SIGNALS.map(|(known, _)| known).join(", "))
+}
+
+/// The environment variable systemd sets to the directory of a unit's credentials.
+const CREDENTIALS_ENV: &str = "CREDENTIALS_DIRECTORY";
+
+/// For `cred:NAME`: the credential's path in `credentials`, or why there is none; `None` for
+/// an ordinary path.
+pub(super) fn credential_path(written: &str, credentials: Option<&Path>) -> Option<Result<PathBuf, String>> {
+    let name = written.strip_prefix("cred:")?;
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Some(Err(format!(
+            "{written:?} is not a credential name: write cred:NAME, as in LoadCredential=NAME:/path"
+        )));
+    }
+    Some(match credentials {
+        Some(dir) => Ok(dir.join(name)),
+        None => Err(format!(
+            "{written:?} names a systemd credential, but ${CREDENTIALS_ENV} is not set: add LoadCredential={name}:/path/to/file to the unit (or write the file's path)"
+        )),
+    })
 }
 
 /// A duration with a unit: `"500ms"`, `"30s"`, `"2m"`, `"1h 30m"`.

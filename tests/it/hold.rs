@@ -594,3 +594,27 @@ async fn held_post_body_stays_unread_until_resume_and_arrives_whole() {
     assert_eq!((resp.status, resp.body_text()), (200, format!("{TOTAL} 0")), "the body arrived whole");
     assert_eq!((arrived.body_len(), arrived.body_complete()), (TOTAL, true));
 }
+
+/// `token_file = "cred:NAME"` reads the systemd credential NAME (`LoadCredential=`), which a
+/// `DynamicUser=` can read; without `$CREDENTIALS_DIRECTORY` it is an error at the key.
+#[tokio::test]
+async fn the_token_can_be_a_systemd_credential() {
+    let config = admin_on("127.0.0.1:0", "token_file = \"cred:admin.token\"\n");
+    let out = Finished::check(&config).await;
+    assert_eq!(out.status, 1, "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("error: \"cred:admin.token\" names a systemd credential"), "{}", out.stderr);
+    assert!(out.stderr.contains("LoadCredential=admin.token:"), "{}", out.stderr);
+
+    let credentials = tempfile::tempdir().expect("temp dir");
+    std::fs::write(credentials.path().join("admin.token"), "s3cret\n").expect("write the credential");
+    let dir = credentials.path().to_owned();
+    let proxy = Lameduck::start_with(&config, |c| {
+        c.env("CREDENTIALS_DIRECTORY", &dir);
+    })
+    .await;
+    let admin = proxy.admin_addr.expect("admin listening");
+    let refused = admin_call(admin, "POST", "/upstreams/app/pause?timeout=1s", None).await;
+    assert_eq!(refused.status, 401);
+    let done = admin_call(admin, "POST", "/upstreams/app/resume", Some("s3cret")).await;
+    assert_eq!(done.status, 200, "{done:?}");
+}
