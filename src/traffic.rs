@@ -137,9 +137,9 @@ impl UpstreamTraffic {
         }
     }
 
-    /// Counts a finished request; a status outside 100–599 is not counted.
-    pub fn count_request(&self, method: &Method, version: Version, status: u16) {
-        if let Some(cell) = cell_index(method_index(method), protocol_index(version), status) {
+    /// Counts a finished request with `labels`; a status outside 100–599 is not counted.
+    pub fn count_request(&self, labels: RequestLabels, status: u16) {
+        if let Some(cell) = cell_index(usize::from(labels.method), usize::from(labels.protocol), status) {
             self.requests[cell].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -169,6 +169,21 @@ impl UpstreamTraffic {
                 })
             })
             .collect()
+    }
+}
+
+/// A request's `method` and `protocol` labels, as indexes into [`METHODS`] and
+/// [`PROTOCOLS`]: two bytes to carry until the response ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLabels {
+    method: u8,
+    protocol: u8,
+}
+
+impl RequestLabels {
+    /// The labels of a request with `method` over `version`.
+    pub fn of(method: &Method, version: Version) -> Self {
+        RequestLabels { method: method_index(method) as u8, protocol: protocol_index(version) as u8 }
     }
 }
 
@@ -244,11 +259,14 @@ mod tests {
     #[test]
     fn requests_are_counted_by_method_protocol_and_code() {
         let traffic = UpstreamTraffic::new("app".into());
-        traffic.count_request(&Method::GET, Version::HTTP_11, 200);
-        traffic.count_request(&Method::GET, Version::HTTP_11, 200);
-        traffic.count_request(&Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, 502);
-        traffic.count_request(&Method::POST, Version::HTTP_2, 599);
-        traffic.count_request(&Method::POST, Version::HTTP_2, 600);
+        let count = |method: &Method, version, status| {
+            traffic.count_request(RequestLabels::of(method, version), status)
+        };
+        count(&Method::GET, Version::HTTP_11, 200);
+        count(&Method::GET, Version::HTTP_11, 200);
+        count(&Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, 502);
+        count(&Method::POST, Version::HTTP_2, 599);
+        count(&Method::POST, Version::HTTP_2, 600);
         let mut counts = traffic.request_counts();
         counts.sort();
         assert_eq!(

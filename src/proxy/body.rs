@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::io::InFlight;
 use crate::drain::RequestGuard;
-use crate::traffic::UpstreamTraffic;
+use crate::traffic::{RequestLabels, UpstreamTraffic};
 use crate::upstream::UpstreamBody;
 
 /// What a response body is made of.
@@ -139,8 +139,7 @@ pub struct Meter {
     /// Where it is counted.
     pub traffic: &'static UpstreamTraffic,
     /// The request's method and HTTP version, as labels.
-    pub method: Method,
-    pub version: Version,
+    pub labels: RequestLabels,
     /// The status the client got.
     pub status: u16,
     /// When the request reached the service.
@@ -299,7 +298,7 @@ impl Drop for ResponseBody {
         };
         let complete = self.complete || self.is_end_stream();
         let meter = &finish.meter;
-        meter.traffic.count_request(&meter.method, meter.version, meter.status);
+        meter.traffic.count_request(meter.labels, meter.status);
         meter.traffic.duration.observe(meter.started.elapsed());
         meter.traffic.response_bytes.fetch_add(self.bytes, Ordering::Relaxed);
         if let Some(record) = finish.record {

@@ -41,7 +41,7 @@ use io::InFlight;
 use crate::config::{Forwarding, RouteConfig};
 use crate::drain::{ConnGuard, DrainWatch, Phase};
 use crate::stats::Stats;
-use crate::traffic::UpstreamTraffic;
+use crate::traffic::{RequestLabels, UpstreamTraffic};
 use crate::upstream::{HoldError, UpgradeAnswer, Upstream, Upstreams};
 use crate::websocket::{Handoff, Tunnels};
 use body::{AccessRecord, CountedBody, Meter};
@@ -156,8 +156,8 @@ async fn handle(
     let request_guard = conn.drain.request_guard();
     let started = Instant::now();
     let ambiguous = in_flight.ambiguous;
-    let (method, version) = (req.method().clone(), req.version());
-    let h1 = version < Version::HTTP_2;
+    let labels = RequestLabels::of(req.method(), req.version());
+    let h1 = req.version() < Version::HTTP_2;
     let mut record = proxy.access_log.then(|| {
         let winding_down = conn.drain.phase().is_winding_down();
         Box::new(AccessRecord::begin(&mut req, conn.peer, winding_down, started))
@@ -201,7 +201,7 @@ async fn handle(
         record.upstream_took = record.upstream_addr.is_some().then(|| started.elapsed());
         record.upstream = upstream;
     }
-    let meter = Meter { traffic, method, version, status: status.as_u16(), started };
+    let meter = Meter { traffic, labels, status: status.as_u16(), started };
     resp.body_mut().finish_with(request_guard, in_flight, meter, record);
     resp
 }
