@@ -2,7 +2,8 @@
 # Builds the Debian package with cargo-deb and inspects it: the binary, the units (ExecStart=
 # on /usr/bin), the man page, the completions and the example config are where Debian expects
 # them, and lintian has no error (when lintian is installed). Slow the first time: it compiles
-# cargo-deb and a release build of lameduck. Not part of .ci/run (see NOTE-17.md for the time).
+# cargo-deb (about 4 min on 2 cores) and a release build of lameduck (about 2 min). Not part of
+# .ci/run for that reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
