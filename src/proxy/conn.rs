@@ -145,8 +145,9 @@ pub struct ConnInfo {
 /// Resolves when the daemon winds down, or when the connection's listener is retired.
 async fn winding_down(drain: &mut DrainWatch, retired: &mut watch::Receiver<bool>, activity: &ConnActivity) {
     tokio::select! {
+        biased;
         _ = drain.winding_down() => {}
-        Ok(_) = retired.wait_for(|retired| *retired) => activity.retire(),
+        () = crate::drain::wait_for_cheaply(retired, |retired| *retired) => activity.retire(),
     }
 }
 
