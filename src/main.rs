@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref()) {
+    if let Err(e) = logging::init(cli.log_format, cli.log_level.as_deref(), &config.log.access) {
         eprintln!("lameduck: {e}");
         return ExitCode::from(1);
     }

@@ -39,6 +39,27 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Protection against clients that take too much.
     pub limits: Limits,
+    /// Where log lines go.
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where access log lines go.
+    pub access: AccessLog,
+}
+
+/// `[log] access`: where access log lines go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AccessLog {
+    /// With every other line, on stderr (the default).
+    #[default]
+    Stderr,
+    /// Nowhere: no access lines are formatted at all.
+    Off,
+    /// A file of their own (appended to; reopened on every reload, for logrotate).
+    File(PathBuf),
 }
 
 /// One `[[listen]]` entry.

@@ -24,6 +24,14 @@ pub struct RawConfig {
     pub drain: Option<RawDrain>,
     pub admin: Option<RawAdmin>,
     pub limits: Option<RawLimits>,
+    pub log: Option<RawLog>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<Spanned<String>>,
 }
 
 /// One `[[listen]]` entry.

@@ -9,9 +9,9 @@ use toml::Spanned;
 use super::hints;
 use super::raw::{RawConfig, RawDrain, RawLimits, RawListen, RawProcess, RawRoute, RawTls, RawUpstream};
 use super::{
-    resolve_against, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, FileKind, FileRef,
-    Forwarding, HoldConfig, Limits, ListenConfig, ProcessConfig, RestartPolicy, RouteConfig, TlsFiles,
-    UpstreamAddr, UpstreamConfig,
+    resolve_against, AccessLog, AdminConfig, CertKeyFiles, Config, Diagnostic, DrainConfig, FileKind,
+    FileRef, Forwarding, HoldConfig, Limits, ListenConfig, LogConfig, ProcessConfig, RestartPolicy,
+    RouteConfig, TlsFiles, UpstreamAddr, UpstreamConfig,
 };
 
 /// Parses and validates `text`; on failure returns every problem found, in file order.
@@ -95,7 +95,30 @@ impl Validator<'_> {
             Some(AdminConfig { addr, token_file })
         });
         let limits = self.limits(&raw.limits.unwrap_or_default());
-        Config { path: self.path.to_owned(), workers, listeners, upstreams, routes, drain, admin, limits }
+        let log = LogConfig { access: self.access_log(raw.log.unwrap_or_default().access.as_ref()) };
+        Config {
+            path: self.path.to_owned(),
+            workers,
+            listeners,
+            upstreams,
+            routes,
+            drain,
+            admin,
+            limits,
+            log,
+        }
+    }
+
+    fn access_log(&mut self, raw: Option<&Spanned<String>>) -> AccessLog {
+        match raw.map(|r| (r, r.get_ref().as_str())) {
+            None | Some((_, "stderr")) => AccessLog::Stderr,
+            Some((_, "off")) => AccessLog::Off,
+            Some((raw, "")) => {
+                self.error(raw, "[log] access is empty: write \"stderr\", \"off\" or a file path");
+                AccessLog::Stderr
+            }
+            Some((raw, _)) => AccessLog::File(self.resolve(raw)),
+        }
     }
 
     fn workers(&mut self, raw: Option<&Spanned<i64>>) -> usize {

@@ -17,11 +17,11 @@ use tracing::{error, info};
 
 use super::shutdown::{close_listeners, Running};
 use super::{build_proxy, close_settings, status, Serving};
-use crate::admin;
 use crate::config::Config;
 use crate::listener::{self, ListenerLive, Opened, Stop};
 use crate::proxy::conn::ConnServer;
 use crate::tls::TlsMaterial;
+use crate::{admin, logging};
 
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
@@ -136,6 +136,12 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
     running.listeners = kept.into_iter().map(|(_, serving)| serving).collect();
 
     resize_slots(running, config.limits.max_connections);
+    // logrotate's postrotate sends SIGHUP: lines go to the file now at the path.
+    match logging::access::reopen() {
+        Ok(Some(path)) => info!(path = %path.display(), "access log reopened"),
+        Ok(None) => {}
+        Err(why) => error!(error = %why, "access log not reopened; lines go to the old file"),
+    }
     running.admin_token.store(Arc::new(token));
     running.config = config;
     Ok(changes)
@@ -176,6 +182,9 @@ fn not_applied(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
         not_applied.push("[admin] addr (takes SIGUSR2 or a restart)".to_owned());
+    }
+    if old.log != new.log {
+        not_applied.push("[log] access (takes SIGUSR2 or a restart)".to_owned());
     }
     not_applied
 }

@@ -10,6 +10,7 @@
 //!
 //! `main` calls [`init`] once, after the config loaded and before the daemon runs.
 
+pub mod access;
 mod journal;
 
 use std::env;
@@ -17,6 +18,8 @@ use std::ffi::OsString;
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+
+use crate::config::AccessLog;
 
 use journal::Stderr;
 
@@ -34,11 +37,27 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `level` is `--log-level` as given: a level (`info`) or a
 /// filter directive (`info,lameduck::access=off`); without it `RUST_LOG` is the filter.
-pub fn init(format: LogFormat, level: Option<&str>) -> Result<(), String> {
-    let filter = filter(level)?;
+/// `access` says where access lines go (`[log] access`).
+///
+/// # Errors
+/// An invalid filter, or an access log file that cannot be opened.
+pub fn init(format: LogFormat, level: Option<&str>, access: &AccessLog) -> Result<(), String> {
+    let mut filter = filter(level)?;
+    if *access == AccessLog::Off {
+        let off = format!("{}=off", access::TARGET).parse().expect("a valid directive");
+        filter = filter.add_directive(off);
+    }
+    let file = match access {
+        AccessLog::File(path) => Some(
+            access::AccessFile::open(path)
+                .map_err(|e| format!("cannot open the access log {}: {e}", path.display()))?,
+        ),
+        AccessLog::Stderr | AccessLog::Off => None,
+    };
     let stderr = std::io::stderr();
-    let colour = colour(stderr.is_terminal(), env::var_os("NO_COLOR"));
-    let writer = Stderr::new(journal::is_journal(&stderr, env::var_os("JOURNAL_STREAM")));
+    let colour = colour(stderr.is_terminal(), env::var_os("NO_COLOR")) && file.is_none();
+    let stderr = Stderr::new(journal::is_journal(&stderr, env::var_os("JOURNAL_STREAM")));
+    let writer = access::Route { stderr, access: file };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -5,6 +5,7 @@
 
 use serde_json::Value;
 use tokio::process::Command;
+use tokio::time::timeout;
 
 use crate::harness::*;
 
@@ -177,4 +178,51 @@ async fn an_invalid_rust_log_is_a_start_up_error() {
     daemon.logs.wait_closed().await;
     let raw = daemon.logs.raw_lines();
     assert!(raw.iter().any(|l| l.starts_with("lameduck: invalid RUST_LOG \"lameduck=loud\": ")), "{raw:#?}");
+}
+
+/// `[log] access = "FILE"`: access lines go to that file, not stderr; a reload (logrotate's
+/// `postrotate`) reopens it, so lines after a rotation go to the new file.
+#[tokio::test]
+async fn the_access_log_goes_to_its_file_which_a_reload_reopens() {
+    let backend = Backend::named("ok").await;
+    let mut proxy = Lameduck::start(&config(&[backend.addr], "", "[log]\naccess = \"access.log\"\n")).await;
+    let path = proxy.config_dir().join("access.log");
+    assert_eq!(raw_get(proxy.addr, "/before").await.status, 200);
+    let lines_in = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let written = |path: std::path::PathBuf, needle: &'static str| async move {
+        timeout(PROMPT, async {
+            while !lines_in(&path).contains(needle) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{needle} not in {}", path.display()));
+    };
+    written(path.clone(), "\"/before\"").await;
+    assert!(!proxy.logs.lines().iter().any(is_access_line), "access lines went to stderr too");
+
+    let rotated = proxy.config_dir().join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    let mark = proxy.logs.mark();
+    proxy.sighup();
+    proxy.wait_for_log_after(mark, |l| message(l) == "access log reopened", PROMPT).await;
+    assert_eq!(raw_get(proxy.addr, "/after").await.status, 200);
+    written(path.clone(), "\"/after\"").await;
+    assert!(!lines_in(&rotated).contains("/after"), "the rotated file got a line after the reopen");
+    assert!(!lines_in(&path).contains("/before"), "{}", lines_in(&path));
+    proxy.sigterm();
+    assert_eq!(proxy.exit_within(PROMPT).await, 0);
+}
+
+/// `[log] access = "off"`: no access line is formatted, and no request id is made.
+#[tokio::test]
+async fn an_access_log_that_is_off_writes_nothing_and_sends_no_request_id() {
+    let backend = Backend::named("ok").await;
+    let proxy = Lameduck::start(&config(&[backend.addr], "", "[log]\naccess = \"off\"\n")).await;
+    assert_eq!(raw_get(proxy.addr, "/quiet").await.status, 200);
+    assert_eq!(backend.arrived().await.header("x-request-id"), None, "no request id without an access log");
+    let mark = proxy.logs.mark();
+    assert_eq!(raw_get(proxy.addr, "/quiet-again").await.status, 200);
+    backend.arrived().await;
+    assert!(!proxy.logs.lines()[mark..].iter().any(is_access_line), "an access line was written");
 }
