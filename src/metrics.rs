@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::drain::{DrainWatch, Phase};
-use crate::stats::Stats;
+use crate::stats::{ConnKind, Stats};
 use crate::traffic::{ConnectFailure, DurationHistogram, TrafficBook, UpstreamTraffic};
 use crate::upstream::{Upstream, Upstreams};
 
@@ -229,6 +229,21 @@ impl Sources {
         .gauge(&none, open.in_flight as f64)?;
         family(encoder, "lameduck_tunnels", "Upgraded connections being relayed", MetricType::Gauge)?
             .gauge(&none, open.tunnels as f64)?;
+        let mut f = family(
+            encoder,
+            "lameduck_connections",
+            "Open client connections by kind (http1, http2, websocket, tunnel) and TLS",
+            MetricType::Gauge,
+        )?;
+        for kind in ConnKind::ALL {
+            for tls in [false, true] {
+                let tls_label = if tls { "true" } else { "false" };
+                f.gauge(
+                    &vec![("kind", kind.label()), ("tls", tls_label)],
+                    self.stats.open_of_kind(kind, tls) as f64,
+                )?;
+            }
+        }
         family(encoder, "lameduck_connections_accepted", "Client connections accepted", MetricType::Counter)?
             .counter(&none, counts.connections_accepted)?;
         family(

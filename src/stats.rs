@@ -5,7 +5,35 @@
 //! summary line. The proxy and the tunnels write to it, through one shared [`Stats`]; nothing
 //! branches on its values. Counters only grow, so a scraper can take rates of them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// What an open client connection is, for `lameduck_connections{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// Serving HTTP/1.1 requests.
+    Http1,
+    /// Serving HTTP/2 streams.
+    Http2,
+    /// A WebSocket tunnel, after its `101`.
+    WebSocket,
+    /// Another upgraded protocol, relayed raw.
+    Tunnel,
+}
+
+impl ConnKind {
+    /// Every kind, in label order.
+    pub const ALL: [ConnKind; 4] = [ConnKind::Http1, ConnKind::Http2, ConnKind::WebSocket, ConnKind::Tunnel];
+
+    /// The `kind` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnKind::Http1 => "http1",
+            ConnKind::Http2 => "http2",
+            ConnKind::WebSocket => "websocket",
+            ConnKind::Tunnel => "tunnel",
+        }
+    }
+}
 
 /// Monotonic event counters, shared by every connection and tunnel.
 #[derive(Debug)]
@@ -30,6 +58,8 @@ pub struct Stats {
     connections_cut: AtomicU64,
     /// When the drain's deadline cuts, in milliseconds since the epoch; 0 while serving.
     deadline_unix_ms: AtomicU64,
+    /// Open connections by kind (as [`ConnKind`] indexes) and TLS (0 no, 1 yes): a gauge.
+    open_by_kind: [[AtomicI64; 2]; 4],
 }
 
 /// The counters at one moment.
@@ -70,6 +100,7 @@ impl Default for Stats {
             tls_handshake_errors: AtomicU64::new(0),
             connections_cut: AtomicU64::new(0),
             deadline_unix_ms: AtomicU64::new(0),
+            open_by_kind: std::array::from_fn(|_| std::array::from_fn(|_| AtomicI64::new(0))),
         }
     }
 }
@@ -118,6 +149,21 @@ impl Stats {
     /// Notes when the drain's deadline will cut, in milliseconds since the epoch.
     pub fn set_deadline(&self, unix_ms: u64) {
         self.deadline_unix_ms.store(unix_ms, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that is now of `kind` (opened, or changed kind).
+    pub fn conn_kind_open(&self, kind: ConnKind, tls: bool) {
+        self.open_by_kind[kind as usize][usize::from(tls)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection that is no longer of `kind` (closed, or changed kind).
+    pub fn conn_kind_closed(&self, kind: ConnKind, tls: bool) {
+        self.open_by_kind[kind as usize][usize::from(tls)].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open connections of `kind` over TLS or not.
+    pub fn open_of_kind(&self, kind: ConnKind, tls: bool) -> i64 {
+        self.open_by_kind[kind as usize][usize::from(tls)].load(Ordering::Relaxed)
     }
 
     /// Notes that the drain signal came: requests completed from now on count as "completed

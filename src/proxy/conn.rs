@@ -65,7 +65,7 @@ impl ConnServer {
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = Arc::new(ConnActivity::new(ctx.h2, self.proxy.load().counting.stats.clone()));
+        let activity = Arc::new(ConnActivity::new(ctx.h2, ctx.tls, self.proxy.load().counting.stats.clone()));
         let io = ConnIo::new(
             io,
             activity.clone(),

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::framing::{Position, RequestFraming};
-use crate::stats::Stats;
+use crate::stats::{ConnKind, Stats};
 
 /// Per-connection facts shared between the connection's I/O and its requests (which for
 /// HTTP/2 run on other tasks, hence atomics).
@@ -48,14 +48,25 @@ pub struct ConnActivity {
     h2: AtomicBool,
     /// Its listener was removed by a reload: responses close the connection, as in a drain.
     retired: AtomicBool,
+    /// It came over TLS (a label of its kind's count in the stats).
+    tls: bool,
     /// Where a request's completion is counted when its [`InFlight`] drops (held here, once
     /// per connection, so that requests need no handle of their own).
     stats: Arc<Stats>,
 }
 
+impl Drop for ConnActivity {
+    fn drop(&mut self) {
+        // The HTTP connection ends (an upgraded one goes on as a tunnel, counted by it).
+        self.stats.conn_kind_closed(self.kind(), self.tls);
+    }
+}
+
 impl ConnActivity {
-    /// Activity of a connection accepted now, counting completed requests in `stats`.
-    pub fn new(h2: bool, stats: Arc<Stats>) -> Self {
+    /// Activity of a connection accepted now (over TLS or not), counting completed requests,
+    /// and the connection by kind, in `stats`.
+    pub fn new(h2: bool, tls: bool, stats: Arc<Stats>) -> Self {
+        stats.conn_kind_open(if h2 { ConnKind::Http2 } else { ConnKind::Http1 }, tls);
         ConnActivity {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -66,7 +77,17 @@ impl ConnActivity {
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
             retired: AtomicBool::new(false),
+            tls,
             stats,
+        }
+    }
+
+    /// The kind the connection counts as now.
+    fn kind(&self) -> ConnKind {
+        if self.is_h2() {
+            ConnKind::Http2
+        } else {
+            ConnKind::Http1
         }
     }
 
@@ -263,8 +284,10 @@ impl<I> ConnIo<I> {
             self.head_started = None;
         }
         self.framing.feed(bytes);
-        if self.framing.is_h2() {
-            self.activity.h2.store(true, Ordering::Relaxed);
+        if self.framing.is_h2() && !self.activity.h2.swap(true, Ordering::Relaxed) {
+            // Prior knowledge: counted as HTTP/1.1 until the preface showed.
+            self.activity.stats.conn_kind_closed(ConnKind::Http1, self.activity.tls);
+            self.activity.stats.conn_kind_open(ConnKind::Http2, self.activity.tls);
         }
         self.activity.heads_seen.store(self.framing.heads(), Ordering::Relaxed);
         if let Some(i) = self.framing.conflict_at() {
@@ -417,7 +440,7 @@ mod tests {
 
     #[test]
     fn requests_get_the_verdict_of_their_own_head_and_unseen_heads_are_refused() {
-        let activity = Arc::new(ConnActivity::new(false, Arc::default()));
+        let activity = Arc::new(ConnActivity::new(false, false, Arc::default()));
         activity.heads_seen.store(3, Ordering::Relaxed);
         activity.conflict_at.store(1, Ordering::Relaxed);
         let verdicts: Vec<bool> = (0..4).map(|_| activity.request_started().ambiguous).collect();
@@ -428,7 +451,7 @@ mod tests {
     #[test]
     fn requests_count_as_completed_when_they_end_unless_refused_for_the_drain() {
         let stats = Arc::new(Stats::default());
-        let activity = Arc::new(ConnActivity::new(false, stats.clone()));
+        let activity = Arc::new(ConnActivity::new(false, false, stats.clone()));
         drop(activity.request_started());
         let mut refused = activity.request_started();
         refused.refused_for_drain();
@@ -438,7 +461,7 @@ mod tests {
 
     #[test]
     fn http2_requests_are_not_judged_by_the_http1_tracker() {
-        let activity = Arc::new(ConnActivity::new(true, Arc::default()));
+        let activity = Arc::new(ConnActivity::new(true, false, Arc::default()));
         assert!(!activity.request_started().ambiguous);
     }
 }

@@ -317,6 +317,7 @@ async fn forward_upgrade<'p>(
         guard: conn.drain.tunnel_guard(conn.guard.clone()),
         peer: conn.peer,
         path,
+        tls: conn.tls,
         restarts: switched.restarts,
     };
     proxy.tunnels.spawn(handoff, conn.drain.clone());

@@ -27,7 +27,7 @@ use tracing::{debug, info};
 pub use close::{CloseSettings, CloseSpread, SpreadMember};
 
 use crate::drain::{DrainWatch, TunnelGuard};
-use crate::stats::Stats;
+use crate::stats::{ConnKind, Stats};
 
 /// Starts tunnels; holds what every tunnel shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct Handoff<U> {
     pub peer: SocketAddr,
     /// The request's path, for the tunnel's access log line.
     pub path: Box<str>,
+    /// The client connection is TLS (a label of the tunnel's count).
+    pub tls: bool,
     /// Changes when the upstream is paused for a restart: the tunnel then closes with 1012
     /// Service Restart (RFC 6455 §7.4, IANA registry), so its client reconnects once the
     /// backend is back, rather than losing the connection when it dies.
@@ -86,13 +88,19 @@ impl Tunnels {
     where
         U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Handoff { client, upstream, upstream_first, websocket, guard, peer, path, restarts } = handoff;
+        let Handoff { client, upstream, upstream_first, websocket, guard, peer, path, tls, restarts } =
+            handoff;
+        let kind = if websocket { ConnKind::WebSocket } else { ConnKind::Tunnel };
+        self.stats.conn_kind_open(kind, tls);
         let member = websocket.then(|| self.spread.join());
         let tunnels = self.clone();
         tokio::spawn(async move {
             let client = match client.await {
                 Ok(client) => client,
-                Err(e) => return debug!(client.addr = %peer, error = %e, "upgrade failed"),
+                Err(e) => {
+                    tunnels.stats.conn_kind_closed(kind, tls);
+                    return debug!(client.addr = %peer, error = %e, "upgrade failed");
+                }
             };
             let settings = tunnels.settings.load_full();
             let tunnel =
@@ -100,6 +108,7 @@ impl Tunnels {
             let started = tokio::time::Instant::now();
             let ending = tunnel.run(drain, restarts, &tunnels.spread, &tunnels.stats).await;
             drop((member, guard));
+            tunnels.stats.conn_kind_closed(kind, tls);
             // The second access line of an upgraded request: the first was its 101.
             info!(
                 target: "lameduck::access",

@@ -127,6 +127,10 @@ async fn request_counters_move_by_exactly_what_was_answered_split_by_code() {
     let out = |text: &str| sample(text, "lameduck_http_response_bytes_total", &[("upstream", "app")]);
     assert_eq!(out(&after) - out(&before), 7.0, "one body byte per response");
     assert!(sample(&after, "lameduck_connections_accepted_total", &[]) >= 3.0);
+    let open = |kind| sample(&after, "lameduck_connections", &[("kind", kind), ("tls", "false")]);
+    assert_eq!(open("http2"), 1.0, "the h2c client, seen as HTTP/2 by its preface: {after}");
+    assert!(open("http1") >= 1.0, "the keep-alive HTTP/1.1 client: {after}");
+    drop((client, h2));
     assert_eq!(sample(&after, "lameduck_phase", &[("phase", "serving")]), 1.0);
     assert!(sample(&after, "process_resident_memory_bytes", &[]) > 0.0);
     assert!(after.contains("lameduck_build_info{version=\""), "{after}");
@@ -172,6 +176,18 @@ async fn a_drain_counts_its_cut_tunnel_and_parses_during_the_drain_and_after_a_r
     let mut head = [0u8; 12];
     silent.read_exact(&mut head).await.expect("the 101");
     assert_eq!(&head, b"HTTP/1.1 101");
+    let tunnelled =
+        |text: &str| sample(text, "lameduck_connections", &[("kind", "websocket"), ("tls", "false")]);
+    let mut scraped = scrape(admin).await;
+    for _ in 0..100 {
+        // The tunnel is counted once its task runs, right after the 101.
+        if tunnelled(&scraped) == 1.0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        scraped = scrape(admin).await;
+    }
+    assert_eq!(tunnelled(&scraped), 1.0, "the open WebSocket: {scraped}");
     let client = H1Client::connect(proxy.addr).await;
     let req = client.request("GET", "/slow", empty());
     let slow = client.spawn_fetch(req, secs(20));
