@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::backend::Backends;
-use crate::config::{parse_duration, AdminConfig};
+use crate::config::parse_duration;
 use crate::drain::{DrainWatch, Phase};
 use crate::metrics::Metrics;
 use crate::upstream::{PauseError, Upstream, Upstreams};
@@ -60,26 +60,6 @@ pub struct Admin {
 }
 
 type AdminResponse = Response<Full<Bytes>>;
-
-/// The token in `[admin] token_file` (surrounding whitespace trimmed), or `None` if no file
-/// is configured.
-///
-/// # Errors
-/// A message naming the file when it cannot be read or holds no token.
-pub fn read_token(config: &AdminConfig) -> Result<Option<String>, String> {
-    config.token_file.as_deref().map(read_token_file).transpose()
-}
-
-/// The bearer token in the file at `path`, trimmed; an unreadable or empty file is an error.
-pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read [admin] token_file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("[admin] token_file {} is empty: put the bearer token in it", path.display()));
-    }
-    Ok(token.to_owned())
-}
 
 /// Serves admin requests on `listener` until the process exits.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::admin::read_token_file;
+use crate::config::read_token_file;
 use crate::config::{line_col, Checked, ConfigError, Diagnostic, FileKind, FileRef};
 use crate::tls::{self, Culprit};
 

@@ -307,7 +307,7 @@ impl Sources {
         ] {
             f.gauge(&vec![("phase", name)], f64::from(u8::from(phase == now)))?;
         }
-        let build: Labels = vec![("version", env!("CARGO_PKG_VERSION")), ("commit", crate::GIT_COMMIT)];
+        let build: Labels = vec![("version", env!("CARGO_PKG_VERSION")), ("commit", crate::cli::GIT_COMMIT)];
         family(encoder, "lameduck_build", "The running build", MetricType::Info)?.encoder.encode_info(&build)
     }
 }

@@ -266,6 +266,31 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
 }
 
+impl AdminConfig {
+    /// The token in `token_file` (surrounding whitespace trimmed), or `None` if no file is
+    /// configured.
+    ///
+    /// # Errors
+    /// A message naming the file when it cannot be read or holds no token.
+    pub fn read_token(&self) -> Result<Option<String>, String> {
+        self.token_file.as_deref().map(read_token_file).transpose()
+    }
+}
+
+/// The bearer token in the file at `path`, trimmed.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or is empty.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read [admin] token_file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("[admin] token_file {} is empty: put the bearer token in it", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone)]
 pub struct Limits {

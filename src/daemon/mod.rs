@@ -38,7 +38,7 @@ use signals::{next_drain_signal, Signals};
 
 use crate::backend::reap::Reaper;
 use crate::backend::Backends;
-use crate::config::{Config, DrainConfig};
+use crate::config::{AdminConfig, Config, DrainConfig};
 use crate::drain::Drain;
 use crate::listener::{Acceptor, ListenError, ListenerLive, Opened, Stop};
 use crate::metrics::{Metrics, Sources};
@@ -145,7 +145,8 @@ async fn start(
     for warning in config.warnings() {
         warn!(warning = %warning, "config");
     }
-    let token = config.admin.as_ref().map(admin::read_token).transpose().map_err(StartupError::AdminToken)?;
+    let token =
+        config.admin.as_ref().map(AdminConfig::read_token).transpose().map_err(StartupError::AdminToken)?;
     let sockets = std::mem::take(&mut inherited.sockets);
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
     let opened =

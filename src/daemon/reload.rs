@@ -17,11 +17,11 @@ use tracing::{error, info};
 
 use super::shutdown::{close_listeners, Running};
 use super::{build_proxy, close_settings, status, Serving};
-use crate::config::Config;
+use crate::config::{AdminConfig, Config};
 use crate::listener::{self, ListenerLive, Opened, Stop};
+use crate::logging;
 use crate::proxy::conn::ConnServer;
 use crate::tls::TlsMaterial;
-use crate::{admin, logging};
 
 /// What a reload changed, for its log line.
 #[derive(Debug, Default)]
@@ -66,7 +66,7 @@ fn join(addrs: &[SocketAddr]) -> String {
 async fn apply(running: &mut Running) -> Result<Changes, String> {
     let config = Config::load(&running.config.path).map_err(|e| e.to_string())?;
     let tls = TlsMaterial::load(&config).map_err(|problems| format!("tls: {}", problems.join("; ")))?;
-    let token = config.admin.as_ref().map(admin::read_token).transpose()?.flatten();
+    let token = config.admin.as_ref().map(AdminConfig::read_token).transpose()?.flatten();
     let mut changes = Changes { not_applied: not_applied(&running.config, &config), ..Changes::default() };
     let added = bind_added(running, &config)?;
 
