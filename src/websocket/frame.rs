@@ -56,6 +56,14 @@ pub struct FrameTracker {
     fin: bool,
     /// A fragmented data message is open (its final frame has not come yet).
     in_message: bool,
+    /// Payload length of the frame being read, and its masking key if masked.
+    payload: u64,
+    mask: Option<[u8; 4]>,
+    /// The status code of the last Close frame (RFC 6455 §5.5.1: its first two payload
+    /// bytes); 1005 "no status" for a Close without one.
+    close_code: Option<u16>,
+    /// The code's bytes as they come.
+    code_bytes: [u8; 2],
 }
 
 impl Default for FrameTracker {
@@ -73,7 +81,17 @@ impl FrameTracker {
             opcode: 0,
             fin: false,
             in_message: false,
+            payload: 0,
+            mask: None,
+            close_code: None,
+            code_bytes: [0; 2],
         }
+    }
+
+    /// The status code of the last Close frame that went by, if one did (1005 when it
+    /// carried none).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// False once the stream turned out not to be WebSocket.
@@ -101,6 +119,9 @@ impl FrameTracker {
                 State::Invalid => return (bytes.len(), None),
                 State::Payload { left } => {
                     let take = left.min((bytes.len() - used) as u64);
+                    if self.opcode == OP_CLOSE {
+                        self.note_close_code(self.payload - left, &bytes[used..used + take as usize]);
+                    }
                     used += take as usize;
                     if take == left {
                         return (used, Some(self.end_frame()));
@@ -162,6 +183,11 @@ impl FrameTracker {
         }
         self.opcode = opcode;
         self.fin = fin;
+        self.payload = payload;
+        self.mask = (h[1] & 0x80 != 0).then(|| h[len - 4..len].try_into().expect("four mask bytes"));
+        if opcode == OP_CLOSE {
+            self.close_code = Some(NO_STATUS);
+        }
         if !is_control {
             // A data frame opens a message unless it is final; a final continuation closes it.
             self.in_message = !fin;
@@ -173,11 +199,29 @@ impl FrameTracker {
         None
     }
 
+    /// Takes the code's bytes from `piece`, which starts at payload offset `at`.
+    fn note_close_code(&mut self, at: u64, piece: &[u8]) {
+        for (i, byte) in piece.iter().enumerate() {
+            let offset = at + i as u64;
+            if offset >= 2 {
+                break;
+            }
+            let key = self.mask.map_or(0, |mask| mask[offset as usize % 4]);
+            self.code_bytes[offset as usize] = byte ^ key;
+            if offset == 1 {
+                self.close_code = Some(u16::from_be_bytes(self.code_bytes));
+            }
+        }
+    }
+
     fn end_frame(&mut self) -> FrameEnd {
         self.state = State::Header { have: 0 };
         FrameEnd { opcode: self.opcode, message_end: !self.in_message }
     }
 }
+
+/// The code a Close without a status code stands for (RFC 6455 §7.4.1; never sent).
+const NO_STATUS: u16 = 1005;
 
 /// The total header length once enough of `start` is known to tell it.
 fn header_len(start: &[u8]) -> Option<usize> {
@@ -411,5 +455,22 @@ mod tests {
             prop_assert!(tracker.is_valid());
             prop_assert_eq!(seen, expected);
         }
+    }
+
+    #[test]
+    fn the_close_code_is_read_from_masked_and_unmasked_frames_cut_anywhere() {
+        for mask in [None, Some([0x12, 0x34, 0x56, 0x78])] {
+            let frame = close_frame(4001, "bye", mask);
+            for cut in 0..frame.len() {
+                let mut t = FrameTracker::new();
+                t.advance_all(&frame[..cut], |_| {});
+                t.advance_all(&frame[cut..], |_| {});
+                assert_eq!(t.close_code(), Some(4001), "mask {mask:?}, cut at {cut}");
+            }
+        }
+        let mut t = FrameTracker::new();
+        t.advance_all(&[0x88, 0x00], |_| {});
+        assert_eq!(t.close_code(), Some(1005), "a Close without a code");
+        assert_eq!(FrameTracker::new().close_code(), None);
     }
 }

@@ -117,6 +117,8 @@ impl Tunnels {
                 client.addr = %peer,
                 end = ending.how,
                 close_code = ending.close_code,
+                close_code.client = ending.client_close_code,
+                close_code.upstream = ending.upstream_close_code,
                 "bytes.in" = ending.bytes_in,
                 "bytes.out" = ending.bytes_out,
                 websocket,

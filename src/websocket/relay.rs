@@ -135,6 +135,11 @@ impl Pipe {
     }
 
     /// True once `src` has ended.
+    /// The status code of the last Close frame this direction relayed from its peer, if any.
+    pub fn close_code(&self) -> Option<u16> {
+        self.tracker.as_ref().and_then(|t| t.close_code())
+    }
+
     pub fn is_eof(&self) -> bool {
         self.eof
     }

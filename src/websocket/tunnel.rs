@@ -76,6 +76,10 @@ pub struct Ending {
     pub how: &'static str,
     /// The close code lameduck sent both sides, if it closed the tunnel.
     pub close_code: Option<u16>,
+    /// The code of the client's Close frame, if it sent one (1005: without a code).
+    pub client_close_code: Option<u16>,
+    /// The code of the upstream's Close frame, if it sent one.
+    pub upstream_close_code: Option<u16>,
     /// Bytes relayed from the client to the upstream.
     pub bytes_in: u64,
     /// Bytes relayed from the upstream to the client.
@@ -146,6 +150,8 @@ where
                 End::Cut(_) => "cut",
             },
             close_code: matches!(end, End::Handshake).then_some(self.closing.0),
+            client_close_code: self.up.close_code(),
+            upstream_close_code: self.down.close_code(),
             bytes_in: self.up.relayed,
             bytes_out: self.down.relayed,
         };

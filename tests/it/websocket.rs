@@ -599,7 +599,11 @@ async fn a_websocket_gets_a_second_access_line_when_its_tunnel_ends() {
     ws.send(Message::Text("hello".into())).await.expect("send");
     let echoed = timeout(PROMPT, ws.next()).await.expect("echo in time").expect("a message").expect("ok");
     assert_eq!(echoed, Message::Text("hello".into()));
-    ws.close(None).await.expect("close");
+    let going_away = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+        reason: "".into(),
+    };
+    ws.close(Some(going_away)).await.expect("close");
     while timeout(PROMPT, ws.next()).await.expect("closed in time").is_some() {}
     drop(ws);
 
@@ -608,6 +612,8 @@ async fn a_websocket_gets_a_second_access_line_when_its_tunnel_ends() {
     assert_eq!(line["target"], "lameduck::access", "{line}");
     assert_eq!(line["http.path"], "/ws", "{line}");
     assert_eq!(line["end"], "client_close", "{line}");
+    assert_eq!(line["close_code.client"], 1001, "the client's Close code: {line}");
+    assert_eq!(line["close_code.upstream"], 1001, "the backend answered with the same code: {line}");
     // "hello" as a masked client frame is 11 bytes, its echo 7; then the Close frames.
     let bytes_in = field_f64(&line, "bytes.in").expect("bytes.in");
     let bytes_out = field_f64(&line, "bytes.out").expect("bytes.out");
