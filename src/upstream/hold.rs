@@ -181,6 +181,7 @@ struct Queued<'a> {
 }
 
 /// One held request in [`Gate::held`].
+#[derive(Debug)]
 struct HeldGuard<'a>(&'a Gate);
 
 impl Drop for HeldGuard<'_> {
@@ -192,13 +193,16 @@ impl Drop for HeldGuard<'_> {
 /// One request's waiting, across however many times it is held: the `hold` and
 /// `connect_retry` bounds run from its first wait of each kind.
 #[derive(Debug, Default)]
-pub(super) struct Waiting {
+pub(super) struct Waiting<'g> {
     hold_until: Option<Instant>,
     retry_until: Option<Instant>,
     backoff: Option<Duration>,
+    /// Counts the request as held for as long as it keeps retrying to connect, its tries
+    /// included: an operator sees it held until it is sent or answered.
+    retrying: Option<HeldGuard<'g>>,
 }
 
-impl Waiting {
+impl<'g> Waiting<'g> {
     /// Waits until the request may be tried again (with its turn, after a resume), or says
     /// why it may not.
     ///
@@ -208,7 +212,7 @@ impl Waiting {
     ///   the drain deadline came.
     pub(super) async fn wait(
         &mut self,
-        gate: &Gate,
+        gate: &'g Gate,
         upstream: &str,
         blocked: Blocked,
         all_paused: impl FnOnce() -> bool,
@@ -225,11 +229,15 @@ impl Waiting {
         };
         match blocked {
             Blocked::Paused => {
+                // Counted by its place in the queue from now on.
+                self.retrying = None;
                 let Some(queued) = gate.enqueue(all_paused).inspect_err(full)? else { return Ok(None) };
                 self.until_resumed(gate, upstream, now, queued).await.map(Some)
             }
             Blocked::Unreachable => {
-                let _held = gate.hold_one().inspect_err(full)?;
+                if self.retrying.is_none() {
+                    self.retrying = Some(gate.hold_one().inspect_err(full)?);
+                }
                 self.before_retry(gate, now).await.map(|()| None)
             }
         }
@@ -372,5 +380,17 @@ mod tests {
         let waited = Waiting::default().wait(&gate, "app", Blocked::Unreachable, || false).await;
         assert!(matches!(waited, Err(SendError::Unavailable)), "{waited:?}");
         assert_eq!(gate.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_retrying_to_connect_is_held_between_its_tries_too() {
+        let gate = gate(10);
+        let mut waiting = Waiting::default();
+        waiting.wait(&gate, "app", Blocked::Unreachable, || false).await.expect("a retry");
+        assert_eq!(gate.held(), 1, "still held while it tries again");
+        waiting.wait(&gate, "app", Blocked::Unreachable, || false).await.expect("a retry");
+        assert_eq!(gate.held(), 1, "counted once");
+        drop(waiting);
+        assert_eq!(gate.held(), 0, "no longer held once sent or failed");
     }
 }
