@@ -51,6 +51,8 @@ pub struct Backends {
 #[derive(Debug)]
 struct Supervisor {
     upstream: Arc<str>,
+    /// The `process` table it runs from (a reload that changes it restarts the backend).
+    process: Mutex<ProcessConfig>,
     commands: mpsc::Sender<Command>,
     status: Arc<Mutex<ProcessStatus>>,
 }
@@ -91,8 +93,12 @@ pub struct RestartReport {
 }
 
 enum Command {
-    Restart(oneshot::Sender<Result<RestartReport, String>>),
-    Stop { kill_now: bool, reply: oneshot::Sender<String> },
+    /// Restart, from a new `process` table if one is given (a reload changed it).
+    Restart(Option<ProcessConfig>, oneshot::Sender<Result<RestartReport, String>>),
+    Stop {
+        kill_now: bool,
+        reply: oneshot::Sender<String>,
+    },
 }
 
 impl Backends {
@@ -134,12 +140,18 @@ impl Backends {
             let (commands, rx) = mpsc::channel(4);
             backends.list.push(Supervisor {
                 upstream: actor.upstream.name.clone(),
+                process: Mutex::new(process.clone()),
                 commands,
                 status: actor.status.clone(),
             });
             tokio::spawn(actor.run(rx));
         }
         Ok(backends)
+    }
+
+    /// Whether `upstream`'s backend is supervised.
+    pub fn supervises(&self, upstream: &str) -> bool {
+        self.find(upstream).is_some()
     }
 
     /// Whether any backend is supervised.
@@ -161,10 +173,40 @@ impl Backends {
     pub async fn restart(&self, upstream: &str) -> Option<Result<RestartReport, String>> {
         let supervisor = self.find(upstream)?;
         let (reply, answer) = oneshot::channel();
-        if supervisor.commands.send(Command::Restart(reply)).await.is_err() {
+        if supervisor.commands.send(Command::Restart(None, reply)).await.is_err() {
             return Some(Err("the backend is being stopped".to_owned()));
         }
         Some(answer.await.unwrap_or_else(|_| Err("the backend is being stopped".to_owned())))
+    }
+
+    /// A reload's `process` table for `upstream`: when it differs from the running one, the
+    /// backend is restarted from it (as `POST …/restart` does), in the background. Returns
+    /// whether it did.
+    pub fn reconfigure(self: &Arc<Self>, upstream: &str, process: &ProcessConfig) -> bool {
+        let Some(supervisor) = self.find(upstream) else { return false };
+        {
+            let mut running = supervisor.process.lock().expect("never held across a panic");
+            if *running == *process {
+                return false;
+            }
+            *running = process.clone();
+        }
+        let (commands, process, name) = (supervisor.commands.clone(), process.clone(), upstream.to_owned());
+        tokio::spawn(async move {
+            let (reply, answer) = oneshot::channel();
+            if commands.send(Command::Restart(Some(process), reply)).await.is_ok() {
+                match answer.await {
+                    Ok(Ok(report)) => {
+                        info!(upstream.name = %name, new_pid = report.new_pid, "backend restarted with its new process table")
+                    }
+                    Ok(Err(why)) => {
+                        error!(upstream.name = %name, error = %why, "backend restart after a reload failed")
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        true
     }
 
     /// Restarts every backend, one after another (SIGUSR1).
@@ -253,7 +295,10 @@ impl Actor {
                         return;
                     }
                 }
-                Event::Command(Some(Command::Restart(reply))) => {
+                Event::Command(Some(Command::Restart(process, reply))) => {
+                    if let Some(process) = process {
+                        self.config = process;
+                    }
                     let restarted = self.restart().await;
                     if let Err(why) = &restarted {
                         error!(upstream.name = %self.name(), error = %why, "backend restart failed; upstream stays paused while it is started again");
@@ -352,7 +397,7 @@ impl Actor {
                     _ = tokio::time::sleep_until(wake) => break,
                     command = commands.recv() => match command {
                         Some(Command::Stop { kill_now, reply }) => return Some((kill_now, reply)),
-                        Some(Command::Restart(reply)) => {
+                        Some(Command::Restart(_, reply)) => {
                             let _ = reply.send(Err("the backend is down; it is being started again".to_owned()));
                         }
                         None => return None,

@@ -5,9 +5,11 @@
 //!
 //! What applies: routes, upstreams (an unchanged one keeps its pool, pause state and held
 //! requests), `[drain]` and `[limits]` settings, certificates, added and removed listeners,
-//! the admin token. What cannot change inside a running process is named in the `reload ok`
-//! line with what it takes instead: `workers`, the admin address, socket-activated
-//! listeners, a supervised backend's upstream. A config that fails to load, a certificate
+//! the admin token, a supervised backend's `process` table (the backend is restarted from it,
+//! as `POST …/restart` does). What cannot change inside a running process is named in the
+//! `reload ok` line with what it takes instead: `workers`, the admin address, socket-activated
+//! listeners, `[log] access`, a supervised backend's other upstream settings, a process table
+//! added or removed. A config that fails to load, a certificate
 //! that does not, or a listener that cannot be bound changes nothing.
 
 use std::net::SocketAddr;
@@ -33,6 +35,8 @@ struct Changes {
     listeners_removed: Vec<SocketAddr>,
     /// TLS listeners whose certificates were read afresh.
     certificates: usize,
+    /// Supervised backends restarted because their process table changed.
+    backends_restarted: Vec<String>,
     /// What did not apply, and what it takes instead.
     not_applied: Vec<String>,
 }
@@ -49,6 +53,7 @@ pub(super) async fn reload(running: &mut Running) {
             listeners.added = %join(&changes.listeners_added),
             listeners.removed = %join(&changes.listeners_removed),
             certificates = changes.certificates,
+            backends.restarted = %changes.backends_restarted.join(","),
             not_applied = %changes.not_applied.join("; "),
             "reload ok"
         ),
@@ -78,6 +83,17 @@ async fn apply(running: &mut Running) -> Result<Changes, String> {
     changes.upstreams_changed = upstream_changes.changed;
     changes.not_applied.extend(upstream_changes.not_applied);
     running.upstreams.store(upstreams.clone());
+    for config in config.upstreams.iter() {
+        let Some(process) = &config.process else { continue };
+        if !running.backends.supervises(&config.name) {
+            changes.not_applied.push(format!(
+                "[upstream.{}.process] (a backend lameduck did not start with takes a restart of lameduck)",
+                config.name
+            ));
+        } else if running.backends.reconfigure(&config.name, process) {
+            changes.backends_restarted.push(config.name.clone());
+        }
+    }
     running.tunnels.update(close_settings(&config.drain));
     running.proxy.store(Arc::new(build_proxy(
         &config,

@@ -108,7 +108,8 @@ impl Upstreams {
     /// (pool, pause state, held requests); a changed one is built anew and takes the pause
     /// state over (its predecessor's held requests go out at its resume); a removed one has
     /// its idle connections closed and its held requests answered 503. The upstream of a
-    /// supervised backend is always kept: its changes take a restart of lameduck.
+    /// supervised backend is always kept: its process table is applied by its supervisor, its
+    /// other changes take a restart of lameduck.
     pub fn reloaded(
         &self,
         configs: &[UpstreamConfig],
@@ -121,8 +122,10 @@ impl Upstreams {
             let old = self.by_name(&config.name);
             let upstream = match old {
                 Some(old) if old.config.process.is_some() => {
-                    if old.config != *config {
-                        changes.not_applied.push(format!("upstream \"{}\" (its backend is supervised; changes to it take a restart of lameduck)", config.name));
+                    // Its `process` table is the supervisor's to apply (a restart of the backend).
+                    let without_process = |c: &UpstreamConfig| UpstreamConfig { process: None, ..c.clone() };
+                    if without_process(&old.config) != without_process(config) {
+                        changes.not_applied.push(format!("upstream \"{}\" (its backend is supervised; changes to it other than its process table take a restart of lameduck)", config.name));
                     }
                     old.clone()
                 }

@@ -872,3 +872,32 @@ async fn as_pid_1_without_backends_sigusr2_is_refused() {
     send_signal(host_pid, libc::SIGTERM);
     assert_eq!(proxy.exit_within(PROMPT).await, 0);
 }
+
+/// A SIGHUP reload that changes a supervised backend's `process` table restarts the backend
+/// from it, as `POST …/restart` does: the new process runs the new table, nothing fails.
+#[tokio::test]
+async fn a_reload_that_changes_the_process_table_restarts_the_backend_from_it() {
+    let addr = free_addr();
+    let _left = LeftBehind::on(addr);
+    let proxy = Lameduck::start(&supervised(addr, &demo(addr), "env = { GENERATION = \"1\" }")).await;
+    let old = first_backend_pid(&proxy).await;
+    assert_eq!(backend_pid_via(&proxy).await, old);
+
+    // The same table: nothing restarts.
+    let mark = proxy.logs.mark();
+    proxy.sighup();
+    let same = proxy.wait_for_log_after(mark, |l| message(l) == "reload ok", PROMPT).await;
+    assert_eq!(field_str(&same, "backends.restarted").as_deref(), Some(""), "{same}");
+
+    let changed = supervised(addr, &demo(addr), "env = { GENERATION = \"2\" }");
+    std::fs::write(proxy.config_dir().join("proxy.toml"), changed).expect("rewrite proxy.toml");
+    let mark = proxy.logs.mark();
+    proxy.sighup();
+    let line = proxy.wait_for_log_after(mark, |l| message(l) == "reload ok", PROMPT).await;
+    assert_eq!(field_str(&line, "backends.restarted").as_deref(), Some(UPSTREAM), "{line}");
+    assert_eq!(field_str(&line, "not_applied").as_deref(), Some(""), "{line}");
+    let restarted = |l: &Value| message(l) == "backend restarted with its new process table";
+    proxy.wait_for_log_after(mark, restarted, secs(10)).await;
+    let new = backend_pid_via(&proxy).await;
+    assert_ne!(new, old, "a new backend process serves");
+}
