@@ -191,7 +191,7 @@ impl Sources {
                 u.in_flight(None).unwrap_or(0) as f64
             }),
             ("lameduck_upstream_pool_idle_connections", "Idle keep-alive connections pooled", |u| {
-                u.status().addrs.iter().map(|a| a.idle).sum::<usize>() as f64
+                u.idle() as f64
             }),
             ("lameduck_upstream_held", "Requests held for a paused or unreachable upstream", |u| {
                 u.held() as f64

@@ -357,6 +357,11 @@ impl Upstream {
         Ok(self.in_flight_of(&self.targets_for(addr)?))
     }
 
+    /// Idle keep-alive connections pooled now, over every address.
+    pub fn idle(&self) -> usize {
+        self.targets.iter().map(|t| t.idle_count()).sum()
+    }
+
     /// Requests held now.
     pub fn held(&self) -> usize {
         self.gate.held() + self.predecessor().map_or(0, |p| p.held())
