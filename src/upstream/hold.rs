@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::error::{HoldError, SendError};
 use crate::config::HoldConfig;
@@ -232,11 +232,13 @@ impl<'g> Waiting<'g> {
                 // Counted by its place in the queue from now on.
                 self.retrying = None;
                 let Some(queued) = gate.enqueue(all_paused).inspect_err(full)? else { return Ok(None) };
+                debug!(upstream.name = upstream, held = gate.held(), "request held: upstream paused");
                 self.until_resumed(gate, upstream, now, queued).await.map(Some)
             }
             Blocked::Unreachable => {
                 if self.retrying.is_none() {
                     self.retrying = Some(gate.hold_one().inspect_err(full)?);
+                    debug!(upstream.name = upstream, held = gate.held(), "request held: retrying to connect");
                 }
                 self.before_retry(gate, now).await.map(|()| None)
             }

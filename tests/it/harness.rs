@@ -29,7 +29,7 @@ pub use body::{
     PatternCheck,
 };
 #[allow(unused_imports)]
-pub use client::{fetch, tapped_h2, Fetched, FrameTap, H1Client, H2Client};
+pub use client::{fetch, joined, spawn_get, tapped_h2, Fetched, FrameTap, H1Client, H2Client};
 #[allow(unused_imports)]
 pub use daemon::{binary, field_f64, field_str, is_access_line, message, Finished, Lameduck, Logs, Starting};
 #[allow(unused_imports)]
@@ -37,7 +37,7 @@ pub use daemon::{without_priority, Logging, StderrTo};
 #[allow(unused_imports)]
 pub use demo::{
     admin, backend_binary, num, poll, spawn_requests, upstream_where, Answer, BackendProcess, Exchange, Load,
-    Progress, Tally, CLIENTS, POLL, REQUEST_BOUND,
+    Progress, Tally, CLIENTS, REQUEST_BOUND,
 };
 #[allow(unused_imports)]
 pub use raw::{raw_get, raw_request, RawConn, RawResponse};

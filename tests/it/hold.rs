@@ -14,7 +14,6 @@ use http::Response;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -83,50 +82,21 @@ async fn app_status(admin: SocketAddr) -> Value {
     list.iter().find(|u| u["upstream"] == "app").cloned().unwrap_or_else(|| panic!("no app in {all}"))
 }
 
-/// Waits (polling `GET /upstreams`, at most [`PROMPT`]) until `app` holds exactly `n`
-/// requests; returns its entry then.
-async fn wait_until_held(admin: SocketAddr, n: u64) -> Value {
+/// Waits (at most [`PROMPT`]) until `app` holds exactly `n` requests, looking at
+/// `GET /upstreams` again each time the daemon logs something (a request it holds is logged);
+/// returns its entry then.
+async fn wait_until_held(proxy: &Lameduck, n: u64) -> Value {
+    let admin = admin_of(proxy);
     let give_up = Instant::now() + PROMPT;
     loop {
+        let mark = proxy.logs.mark();
         let app = app_status(admin).await;
         if app["held"] == n {
             return app;
         }
         assert!(Instant::now() < give_up, "app never held {n} requests within {PROMPT:?}: {app}");
-        tokio::time::sleep(ms(5)).await; // the poll interval, not a wait for an event
+        proxy.logs.next_event_after(mark, give_up).await;
     }
-}
-
-/// `GET path` on a connection of its own, in a task (whole response within 10 s).
-async fn spawn_get(proxy: SocketAddr, path: &str) -> JoinHandle<Result<Fetched, String>> {
-    let client = H1Client::connect(proxy).await;
-    let req = client.request("GET", path, empty());
-    client.spawn_fetch(req, secs(10))
-}
-
-async fn joined(task: JoinHandle<Result<Fetched, String>>) -> Fetched {
-    match timeout(PROMPT, task).await {
-        Ok(Ok(Ok(fetched))) => fetched,
-        Ok(Ok(Err(e))) => panic!("request failed: {e}"),
-        Ok(Err(e)) => panic!("request task: {e}"),
-        Err(_) => panic!("request not answered within {PROMPT:?}"),
-    }
-}
-
-/// A backend that holds `/slow` until the returned opener is opened; answers `ok`.
-async fn slow_backend() -> (Opener, Backend) {
-    let (release, held) = gate();
-    let backend = Backend::start(move |req| {
-        let held = held.clone();
-        async move {
-            if req.uri().path() == "/slow" {
-                held.wait().await;
-            }
-            Response::new(full("ok"))
-        }
-    })
-    .await;
-    (release, backend)
 }
 
 fn assert_held_503(resp: &RawResponse) {
@@ -164,7 +134,7 @@ async fn pause_closes_websocket_tunnels_with_1012_on_both_sides_and_holds_reconn
     // A reconnect while paused is held: its handshake does not complete.
     let addr = proxy.addr;
     let reconnect = tokio::spawn(async move { timeout(secs(10), ws_client(addr)).await });
-    let app = wait_until_held(admin, 1).await;
+    let app = wait_until_held(&proxy, 1).await;
     assert_eq!(app["state"], "paused", "{app}");
     assert_eq!(app["addrs"][0]["state"], "paused", "{app}");
     assert!(!reconnect.is_finished(), "the reconnect completed while the upstream was paused");
@@ -190,7 +160,7 @@ async fn max_held_overflow_gets_503_with_retry_after_at_once() {
     let admin = admin_of(&proxy);
     pause(admin, "").await;
     let first = spawn_get(proxy.addr, "/first").await;
-    wait_until_held(admin, 1).await;
+    wait_until_held(&proxy, 1).await;
 
     let started = Instant::now();
     let second = raw_get(proxy.addr, "/second").await;
@@ -228,7 +198,7 @@ async fn held_request_gets_503_with_retry_after_when_hold_passes() {
 
 #[tokio::test]
 async fn pause_answers_504_at_its_timeout_while_a_slow_request_runs_and_stays_paused() {
-    let (release, backend) = slow_backend().await;
+    let (release, backend) = Backend::holding("/slow", "ok").await;
     let proxy = Lameduck::start(&hold_config(backend.addr, "")).await;
     let admin = admin_of(&proxy);
     let slow = spawn_get(proxy.addr, "/slow").await;
@@ -262,7 +232,7 @@ async fn drain_deadline_answers_held_requests_503_and_exits_2_counting_them() {
     let admin = admin_of(&proxy);
     pause(admin, "").await;
     let held = [spawn_get(proxy.addr, "/a").await, spawn_get(proxy.addr, "/b").await];
-    wait_until_held(admin, 2).await;
+    wait_until_held(&proxy, 2).await;
 
     let signalled = Instant::now();
     proxy.sigterm();
@@ -478,7 +448,7 @@ async fn binary_upgrade_successor_starts_with_the_upstream_paused() {
     let app = app_status(admin).await;
     assert_eq!((&app["state"], &app["addrs"][0]["state"]), (&json!("paused"), &json!("paused")), "{app}");
     let held = spawn_get(proxy.addr, "/after-reload").await;
-    wait_until_held(admin, 1).await;
+    wait_until_held(&proxy, 1).await;
     assert!(backend.requests().is_empty(), "the successor sent nothing while paused");
     resume(admin).await;
     let got = joined(held).await;
@@ -521,7 +491,7 @@ async fn held_requests_go_out_oldest_first_after_resume() {
     let mut held = Vec::new();
     for (n, path) in ["/first", "/second", "/third"].into_iter().enumerate() {
         held.push(spawn_get(proxy.addr, path).await);
-        wait_until_held(admin, n as u64 + 1).await;
+        wait_until_held(&proxy, n as u64 + 1).await;
     }
 
     let resumed = resume(admin).await;
@@ -578,7 +548,7 @@ async fn held_post_body_stays_unread_until_resume_and_arrives_whole() {
     let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {TOTAL}\r\n\r\n");
     conn.send(head.as_bytes()).await;
     conn.send(&pattern_chunk(0, BEFORE)).await;
-    wait_until_held(admin, 1).await;
+    wait_until_held(&proxy, 1).await;
     let unread = unread_by(proxy.addr, client_addr);
     assert!(
         unread >= (BEFORE / 2) as u64,

@@ -141,17 +141,7 @@ async fn request_counters_move_by_exactly_what_was_answered_split_by_code() {
 #[tokio::test]
 async fn a_drain_counts_its_cut_tunnel_and_parses_during_the_drain_and_after_a_reload() {
     let ws = WsBackend::start(Behaviour::Echo).await;
-    let (release, held) = gate();
-    let app = Backend::start(move |req: Req| {
-        let held = held.clone();
-        async move {
-            if req.uri().path() == "/slow" {
-                held.wait().await;
-            }
-            Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (release, app) = Backend::holding("/slow", "ok").await;
     let text = format!(
         "[[listen]]\naddr = \"127.0.0.1:0\"\n\n[upstream.ws]\naddrs = [\"{}\"]\n\n[upstream.app]\naddrs = [\"{}\"]\n\n\
          [[route]]\npath_prefix = \"/ws\"\nupstream = \"ws\"\n\n[[route]]\nupstream = \"app\"\n\n\

@@ -260,8 +260,10 @@ async fn deploy_one_address(proxy: &Lameduck, load: &Load, backend: &mut Backend
     assert_eq!(status, 200, "resume {addr}: {body}");
     assert_eq!(body["paused"], false, "{body}");
     let served_meanwhile = load.done() - done_before;
-    poll("the resumed backend back in rotation", || async { (backend.count().await >= 20).then_some(()) })
-        .await;
+    poll(&proxy.logs, "the resumed backend back in rotation", || async {
+        (backend.count().await >= 20).then_some(())
+    })
+    .await;
     AddrDeploy { paused, resumed, served_meanwhile }
 }
 

@@ -14,14 +14,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response};
+use http::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -113,38 +112,6 @@ fn field(line: &Value, key: &str) -> String {
 
 // ---- clients and backends ----
 
-/// A backend whose answers say `name`; `/held` waits until the returned opener is opened.
-async fn holding(name: &'static str) -> (Opener, Backend) {
-    let (release, held) = gate();
-    let backend = Backend::start(move |req| {
-        let held = held.clone();
-        async move {
-            if req.uri().path() == "/held" {
-                held.wait().await;
-            }
-            Response::new(full(name))
-        }
-    })
-    .await;
-    (release, backend)
-}
-
-/// `GET path` on a connection of its own, in a task (the whole response within 10 s).
-async fn spawn_get(addr: SocketAddr, path: &str) -> JoinHandle<Result<Fetched, String>> {
-    let client = H1Client::connect(addr).await;
-    let req = client.request("GET", path, empty());
-    client.spawn_fetch(req, secs(10))
-}
-
-async fn joined(task: JoinHandle<Result<Fetched, String>>) -> Fetched {
-    match timeout(PROMPT, task).await {
-        Ok(Ok(Ok(fetched))) => fetched,
-        Ok(Ok(Err(e))) => panic!("request failed: {e}"),
-        Ok(Err(e)) => panic!("request task: {e}"),
-        Err(_) => panic!("request not answered within {PROMPT:?}"),
-    }
-}
-
 /// `N` distinct ports that were free a moment ago (bound together to `127.0.0.1:0`, then
 /// released), for listeners the config must name before the daemon binds them.
 fn free_addrs<const N: usize>() -> [SocketAddr; N] {
@@ -176,6 +143,8 @@ async fn admin_with_token(proxy: &Lameduck, method: &str, path: &str, token: &st
 async fn paused_holding(proxy: &Lameduck, name: &str, n: u64) -> Value {
     let deadline = tokio::time::Instant::now() + PROMPT;
     loop {
+        // Looked at again each time the daemon logs something (a held request is logged).
+        let mark = proxy.logs.mark();
         let (status, body) = admin(proxy, "GET", "/upstreams").await;
         assert_eq!(status, 200, "GET /upstreams: {body}");
         let list = body["upstreams"].as_array().unwrap_or_else(|| panic!("no upstreams list: {body}"));
@@ -186,7 +155,7 @@ async fn paused_holding(proxy: &Lameduck, name: &str, n: u64) -> Value {
         }
         let now = tokio::time::Instant::now();
         assert!(now < deadline, "{name} not paused with {n} held within {PROMPT:?}; last seen: {entry}");
-        tokio::time::sleep(POLL).await; // the poll interval, not a wait for an event
+        proxy.logs.next_event_after(mark, deadline).await;
     }
 }
 
@@ -327,7 +296,7 @@ fn monotonic_usec() -> u64 {
 
 #[tokio::test]
 async fn reload_moves_open_h1_and_h2c_connections_to_new_routes_and_finishes_the_request_in_flight() {
-    let (release, old) = holding("old").await;
+    let (release, old) = Backend::holding("/held", "old").await;
     let new = Backend::named("new").await;
     let proxy = Lameduck::start(&only("app", old.addr, DRAIN_30S)).await;
     let mut h1 = H1Client::connect(proxy.addr).await;
@@ -550,7 +519,7 @@ async fn as_pid_1_sighup_reloads_in_place_sigusr2_is_refused_and_sigterm_drains_
     if !can_unshare() {
         return;
     }
-    let (release, old) = holding("old").await;
+    let (release, old) = Backend::holding("/held", "old").await;
     let new = Backend::named("new").await;
     let mut proxy = Lameduck::spawn_under(&UNSHARE, &only("app", old.addr, DRAIN_30S), |_| {}).ready().await;
     let host_pid = only_child(proxy.pid());

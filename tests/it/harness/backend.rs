@@ -151,6 +151,23 @@ impl Backend {
         Backend::start(move |_req| async move { Response::new(super::full(name)) }).await
     }
 
+    /// Answers every request with `name`, but holds requests to `path` until the returned
+    /// opener is opened: a request that stays in flight as long as a test wants.
+    pub async fn holding(path: &'static str, name: &'static str) -> (super::Opener, Backend) {
+        let (release, held) = super::gate();
+        let backend = Backend::start(move |req: Req| {
+            let held = held.clone();
+            async move {
+                if req.uri().path() == path {
+                    held.wait().await;
+                }
+                Response::new(super::full(name))
+            }
+        })
+        .await;
+        (release, backend)
+    }
+
     /// Streams every request body straight back.
     pub async fn echo() -> Backend {
         Backend::start(|req: Req| async move {

@@ -272,3 +272,20 @@ fn next_frame(pending: &mut BytesMut) -> Option<FrameTap> {
         _ => FrameTap::Other { kind, stream_id },
     })
 }
+
+/// `GET path` on a connection of its own, in a task (the whole response within 10 s).
+pub async fn spawn_get(addr: SocketAddr, path: &str) -> JoinHandle<Result<Fetched, String>> {
+    let client = H1Client::connect(addr).await;
+    let req = client.request("GET", path, empty());
+    client.spawn_fetch(req, Duration::from_secs(10))
+}
+
+/// The response of a [`spawn_get`], within [`PROMPT`]; panics saying what failed.
+pub async fn joined(task: JoinHandle<Result<Fetched, String>>) -> Fetched {
+    match timeout(PROMPT, task).await {
+        Ok(Ok(Ok(fetched))) => fetched,
+        Ok(Ok(Err(e))) => panic!("request failed: {e}"),
+        Ok(Err(e)) => panic!("request task: {e}"),
+        Err(_) => panic!("request not answered within {PROMPT:?}"),
+    }
+}

@@ -121,6 +121,16 @@ impl Logs {
         lines.iter().skip(from).find(|l| pred(l)).cloned()
     }
 
+    /// Waits until the daemon logs something after the first `mark` lines — something
+    /// happened — or until `deadline`. Lines about admin calls do not count: a test polling
+    /// the admin API causes those itself.
+    pub async fn next_event_after(&self, mark: usize, deadline: Instant) {
+        let not_admin = |l: &Value| !l["target"].as_str().is_some_and(|t| t.starts_with("lameduck::admin"));
+        let _ = self
+            .try_wait_for_after(mark, not_admin, deadline.saturating_duration_since(Instant::now()))
+            .await;
+    }
+
     /// The first line (already logged or still to come) matching `pred`.
     pub async fn try_wait_for(&self, pred: impl Fn(&Value) -> bool, within: Duration) -> Option<Value> {
         self.try_wait_for_after(0, pred, within).await

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 
-use super::{binary, empty, fetch, full, pattern_chunk, H1Client, Lameduck, PROMPT};
+use super::{binary, empty, fetch, full, pattern_chunk, H1Client, Lameduck, Logs, PROMPT};
 
 /// Load clients running at once: even ones keep one connection alive, odd ones open a new
 /// connection per request.
@@ -37,9 +37,6 @@ pub const CLIENTS: usize = 6;
 pub const REQUEST_BOUND: Duration = Duration::from_secs(10);
 /// How long a backend process may take to listen (a debug build on a busy machine).
 const BACKEND_START: Duration = Duration::from_secs(10);
-/// How often a condition on the admin API or a backend's counter is checked.
-pub const POLL: Duration = Duration::from_millis(10);
-
 /// `target/debug/examples/legacy_backend`, next to the daemon's binary. Panics saying what to
 /// run if it is missing or older than its source (`cargo test --test it` builds no example,
 /// and a nested cargo would rebuild dependencies under another environment).
@@ -320,19 +317,22 @@ pub async fn admin(proxy: &Lameduck, method: &str, path: &str) -> (u16, Value) {
     (fetched.status.as_u16(), body)
 }
 
-/// Checks `probe` every [`POLL`] until it gives `Some`, for at most [`PROMPT`].
-pub async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+/// Checks `probe` until it gives `Some`, for at most [`PROMPT`]: first now, then each time
+/// the daemon logs that something happened (every change a probe can see is logged).
+pub async fn poll<T, F, Fut>(logs: &Logs, what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + PROMPT;
     loop {
+        // Marked before the probe: what happens while it runs wakes the next wait.
+        let mark = logs.mark();
         if let Some(found) = probe().await {
             return found;
         }
         assert!(Instant::now() < deadline, "not {what} within {PROMPT:?}");
-        tokio::time::sleep(POLL).await;
+        logs.next_event_after(mark, deadline).await;
     }
 }
 
@@ -343,7 +343,7 @@ pub async fn upstream_where(
     what: &str,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
-    poll(what, || async {
+    poll(&proxy.logs, what, || async {
         let (status, body) = admin(proxy, "GET", "/upstreams").await;
         assert_eq!(status, 200, "GET /upstreams: {body}");
         let list = body["upstreams"].as_array().unwrap_or_else(|| panic!("no upstreams list: {body}"));

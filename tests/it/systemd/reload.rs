@@ -42,22 +42,6 @@ fn deploy(proxy: &Lameduck, config: &str) {
     std::fs::write(config_path(proxy), config).expect("rewrite proxy.toml");
 }
 
-/// A backend that holds `/held` until the returned opener is opened, and answers `ok`.
-async fn holding_backend() -> (Opener, Backend) {
-    let (release, held) = gate();
-    let backend = Backend::start(move |req| {
-        let held = held.clone();
-        async move {
-            if req.uri().path() == "/held" {
-                held.wait().await;
-            }
-            Response::new(full("ok"))
-        }
-    })
-    .await;
-    (release, backend)
-}
-
 const DRAIN_10S: &str = "[drain]\ndeadline = \"10s\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +258,7 @@ async fn reload_ignores_a_second_sigusr2_while_the_new_process_starts() {
 
 #[tokio::test]
 async fn reload_keeps_readyz_200_on_the_admin_port_while_the_old_process_drains() {
-    let (release, backend) = holding_backend().await;
+    let (release, backend) = Backend::holding("/held", "ok").await;
     let tail = format!("{DRAIN_30S}\n[admin]\naddr = \"127.0.0.1:0\"\n");
     let mut proxy = Lameduck::start(&config(&[backend.addr], "", &tail)).await;
     let _successors = Successors::of(proxy.pid(), &proxy.logs);
@@ -300,7 +284,7 @@ async fn reload_keeps_readyz_200_on_the_admin_port_while_the_old_process_drains(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_signal_after_the_handover_lets_the_old_process_finish_instead_of_cutting() {
-    let (release, backend) = holding_backend().await;
+    let (release, backend) = Backend::holding("/held", "ok").await;
     let mut proxy = Lameduck::start(&config(&[backend.addr], "", DRAIN_30S)).await;
     let _successors = Successors::of(proxy.pid(), &proxy.logs);
     let client = H1Client::connect(proxy.addr).await;
